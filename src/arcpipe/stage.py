@@ -1,0 +1,187 @@
+"""What every stage script shares: arguments, params, logging, shards, summary, exit codes.
+
+A stage script is thin:
+
+    from arcpipe.stage import run_stage
+
+    def body(ctx):            # ctx: StageContext
+        ...                   # read ctx.params.<section>, write outputs atomically
+        return {"in": n, "out": m, "rejected": {...}}   # the summary
+
+    if __name__ == "__main__":
+        raise SystemExit(run_stage("detect", body))
+
+`python scripts/<stage>.py [--params params.yaml [variant.yaml ...]] [--shard I/K] [--workers N]`
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .errors import PipelineError
+from .fsutil import write_json_atomic
+from .params import Params, load_params, merged_dict
+
+log = logging.getLogger("arcpipe")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (cgroup/SLURM affinity aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i_s, k_s = text.split("/")
+        i, k = int(i_s), int(k_s)
+    except ValueError:
+        raise PipelineError(f"--shard {text!r}: expected I/K, for example 0/4") from None
+    if k < 1 or not 0 <= i < k:
+        raise PipelineError(f"--shard {text}: shard index {i} is out of range for {k} shards (0..{k - 1})")
+    return i, k
+
+
+@dataclass
+class StageContext:
+    name: str
+    params: Params
+    params_files: list[str]
+    shard: Optional[tuple[int, int]]
+    workers: int
+    args: argparse.Namespace
+    log: logging.Logger
+    started: float = field(default_factory=time.time)
+
+    @property
+    def section(self) -> Any:
+        return getattr(self.params, self.name.split("_")[0], None)
+
+    def params_digest(self) -> str:
+        blob = json.dumps(self.params.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def require_path(self, key: str, path: str | os.PathLike) -> Path:
+        """An input path named by params key `key` must exist: one line naming both otherwise."""
+        p = Path(path)
+        if not p.exists():
+            raise PipelineError(f"{self.params_files[0]}: {key}: input path '{p}' does not exist")
+        return p
+
+    def shard_count(self, configured: int) -> int:
+        """Check --shard K against the params' shard count and return the count in force."""
+        if self.shard is not None and self.shard[1] != configured:
+            raise PipelineError(
+                f"--shard {self.shard[0]}/{self.shard[1]}: params say {self.name}.shards = {configured}"
+            )
+        return configured
+
+    def summary_record(self, counts: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "stage": self.name,
+            "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
+            "seconds": round(time.time() - self.started, 3),
+            "params_sha256_16": self.params_digest(),
+            **counts,
+        }
+
+    def write_summary(self, path: str | os.PathLike, counts: dict[str, Any]) -> dict[str, Any]:
+        rec = self.summary_record(counts)
+        write_json_atomic(path, rec)
+        return rec
+
+
+def setup_logging(name: str, log_dir: str | os.PathLike = "logs", shard: Optional[tuple[int, int]] = None) -> logging.Logger:
+    suffix = "" if shard is None else f".shard{shard[0]:03d}of{shard[1]:03d}"
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"arcpipe.{name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    fh = logging.FileHandler(Path(log_dir) / f"{name}{suffix}.log", mode="a", encoding="utf-8")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+    logger.addHandler(fh)
+    logger.addHandler(sh)
+    return logger
+
+
+def build_parser(name: str, description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"scripts/{name}.py", description=description)
+    p.add_argument("--params", nargs="+", default=["params.yaml"], metavar="FILE",
+                   help="params.yaml, then variants merged over it in order (default: params.yaml)")
+    p.add_argument("--shard", default=None, metavar="I/K", help="run shard I of K only")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes (default: the section's `workers`, at most the CPUs available)")
+    return p
+
+
+def run_stage(
+    name: str,
+    body: Callable[[StageContext], dict[str, Any]],
+    argv: Optional[Sequence[str]] = None,
+    description: Optional[str] = None,
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+) -> int:
+    """Parse, validate params, run `body`, log the summary as the last line. Returns the exit code."""
+    parser = build_parser(name, description)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+        params = load_params(args.params)
+    except PipelineError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    logger = setup_logging(name, shard=shard)
+    section = getattr(params, name.split("_")[0], None)
+    configured = getattr(section, "workers", None)
+    workers = args.workers if args.workers is not None else (configured or 1)
+    if workers < 1:
+        print(f"{name}: error: --workers {workers}: expected at least 1", file=sys.stderr)
+        return 2
+    workers = min(workers, available_cpus())
+    ctx = StageContext(name, params, [str(p) for p in args.params], shard, workers, args, logger)
+    logger.info("start: params %s (sha256 %s), shard %s, workers %d",
+                " + ".join(ctx.params_files), ctx.params_digest(), args.shard or "all", workers)
+    try:
+        counts = body(ctx)
+    except PipelineError as e:
+        logger.error("error: %s", e)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted; finished outputs are kept, unfinished ones were not written")
+        return 130
+    rec = ctx.summary_record(counts or {})
+    logger.info("summary: %s", json.dumps(rec, sort_keys=True, default=str))
+    return 0
+
+
+def merged_params_file(paths: Sequence[str], out_dir: str | os.PathLike = ".snakemake/arcpipe") -> str:
+    """Write the merged params of several files to one content-addressed file (for Snakemake)."""
+    import yaml
+
+    text = yaml.safe_dump(merged_dict(paths), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    out = Path(out_dir) / f"params.{digest}.yaml"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    return str(out)
