@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# stage commands say `python`: make it the venv's for dvc and snakemake run from here
+export PATH := $(abspath $(BIN)):$(PATH)
 # CPU build by default; on a GPU server install your CUDA torch first (any 2.x) and it is kept.
 TORCH_SPEC ?= torch==2.13.0
 MXNET_VENV ?= .venv-mxnet
