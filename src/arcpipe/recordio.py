@@ -1,0 +1,539 @@
+"""MXNet RecordIO, read and written natively (no mxnet import), byte-compatible with mxnet 1.9.
+
+File format (dmlc recordio, as mxnet writes it):
+  frame  = uint32 magic 0xced7230a, uint32 lrec, data, zero padding to a multiple of 4
+  lrec   = (cflag << 29) | len(data); cflag 0 = whole record, 1/2/3 = first/middle/last part of a
+           record that was split where the magic number appeared (4-aligned) inside it; the split
+           drops those 4 bytes and the reader puts them back between the parts.
+  record = IRHeader 'IfQQ' (flag, label, id, id2; 24 bytes), flag float32 labels when flag > 0,
+           then the payload (usually a JPEG).
+  .idx   = text, one "key<TAB>offset-of-the-frame's-magic" line per record.
+
+Errors from a bad file are RecordIOError (a PipelineError) with one line naming the file and the
+key or byte offset.
+"""
+from __future__ import annotations
+
+import mmap
+import numbers
+import os
+import struct
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Union
+
+import numpy as np
+
+from .errors import PipelineError
+
+__all__ = [
+    "MAGIC", "MAGIC_BYTES", "IR_SIZE", "IRHeader", "RecordIOError", "RecordKeyError", "pack", "unpack", "label_of",
+    "frame", "RecordWriter", "RecordReader", "encode_jpeg", "decode_rgb", "pack_img", "unpack_img",
+    "read_idx", "read_frame_at", "default_idx_path",
+]
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+MAX_LENGTH = (1 << 29) - 1
+_LEN_MASK = (1 << 29) - 1
+_IR = struct.Struct("<IfQQ")
+IR_SIZE = _IR.size  # 24
+_HEAD = struct.Struct("<II")
+_PADS = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by len % 4
+
+
+class RecordIOError(PipelineError):
+    """A RecordIO file (or its .idx / property) is malformed; the message names file and key/offset."""
+
+
+class RecordKeyError(RecordIOError, KeyError):
+    """A key that the .idx does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class IRHeader(NamedTuple):
+    flag: int
+    label: Union[float, np.ndarray]
+    id: int
+    id2: int
+
+
+# --------------------------------------------------------------------------- records
+
+def pack(header: IRHeader | tuple, payload: bytes) -> bytes:
+    """IRHeader + payload -> record bytes, exactly as mxnet.recordio.pack.
+
+    A number label goes into the header (flag 0); anything else is a float32 vector stored
+    after the header (flag = its length, header label 0).
+    """
+    flag, label, id_, id2 = header
+    if isinstance(label, numbers.Number) and not isinstance(label, (bool, np.bool_)):
+        return _IR.pack(0, label, id_, id2) + bytes(payload)
+    vec = np.asarray(label, dtype=np.float32).reshape(-1)
+    return _IR.pack(vec.size, 0.0, id_, id2) + vec.tobytes() + bytes(payload)
+
+
+def unpack(record: bytes) -> tuple[IRHeader, bytes]:
+    """Record bytes -> (IRHeader, payload). flag > 0: label is a float32 vector of `flag` values."""
+    if len(record) < IR_SIZE:
+        raise ValueError(f"record of {len(record)} bytes is shorter than the {IR_SIZE}-byte IRHeader")
+    flag, label, id_, id2 = _IR.unpack_from(record, 0)
+    if flag > 0:
+        end = IR_SIZE + 4 * flag
+        if end > len(record):
+            raise ValueError(f"IRHeader flag {flag} asks for {flag} float labels but the record has "
+                             f"{len(record) - IR_SIZE} bytes after the header")
+        vec = np.frombuffer(record, np.float32, flag, IR_SIZE)
+        return IRHeader(flag, vec, id_, id2), bytes(record[end:])
+    return IRHeader(flag, label, id_, id2), bytes(record[IR_SIZE:])
+
+
+def label_of(header: IRHeader) -> float:
+    """The class label of an image record: the scalar, or label[0] of a vector label."""
+    lab = header.label
+    if isinstance(lab, np.ndarray):
+        if lab.size == 0:
+            raise ValueError("empty label vector")
+        return float(lab.flat[0])
+    return float(lab)
+
+
+def frame(record: bytes) -> bytes:
+    """The bytes dmlc's RecordIOWriter puts in the file for one record (split at aligned magics)."""
+    n = len(record)
+    if n > MAX_LENGTH:
+        raise ValueError(f"record of {n} bytes exceeds the RecordIO limit of {MAX_LENGTH} bytes")
+    i = record.find(MAGIC_BYTES)
+    while i >= 0 and i & 3:
+        i = record.find(MAGIC_BYTES, i + 1)
+    if i < 0:
+        return _HEAD.pack(MAGIC, n) + record + _PADS[n & 3]
+    parts = []
+    lower = n & ~3
+    dptr = 0
+    while 0 <= i < lower:
+        if i & 3 == 0:
+            parts.append(_HEAD.pack(MAGIC, ((1 if dptr == 0 else 2) << 29) | (i - dptr)))
+            parts.append(record[dptr:i])
+            dptr = i + 4
+            i = record.find(MAGIC_BYTES, dptr)
+        else:
+            i = record.find(MAGIC_BYTES, i + 1)
+    parts.append(_HEAD.pack(MAGIC, (3 << 29) | (n - dptr)))
+    parts.append(record[dptr:])
+    parts.append(_PADS[n & 3])
+    return b"".join(parts)
+
+
+def read_frame_at(buf, off: int, path: object = "<buffer>") -> tuple[bytes, int]:
+    """Decode the record whose frame starts at `off`; return (record bytes, offset after it)."""
+    size = len(buf)
+    parts: Optional[list] = None
+    pos = off
+    first = True
+    while True:
+        if pos + 8 > size:
+            what = "truncated" if pos < size or not first else "past the end of the file"
+            raise RecordIOError(f"{path}: offset {pos}: {what} (frame header needs 8 bytes, "
+                                f"{max(size - pos, 0)} left)")
+        magic, lrec = _HEAD.unpack_from(buf, pos)
+        if magic != MAGIC:
+            raise RecordIOError(f"{path}: offset {pos}: bad magic 0x{magic:08x} (not the start of a record)")
+        cflag = lrec >> 29
+        n = lrec & _LEN_MASK
+        start = pos + 8
+        end = start + n
+        if end > size:
+            raise RecordIOError(f"{path}: offset {pos}: truncated record (needs {n} bytes, {size - start} left)")
+        nxt = start + ((n + 3) & ~3)
+        if first:
+            if cflag == 0:
+                return bytes(buf[start:end]), nxt
+            if cflag != 1:
+                raise RecordIOError(f"{path}: offset {pos}: continuation frame (cflag {cflag}) where a "
+                                    f"record should start")
+            parts = [buf[start:end]]
+            first = False
+        else:
+            if cflag not in (2, 3):
+                raise RecordIOError(f"{path}: offset {pos}: split record started at offset {off} is not "
+                                    f"continued (cflag {cflag})")
+            parts.append(MAGIC_BYTES)
+            parts.append(buf[start:end])
+            if cflag == 3:
+                return b"".join(parts), nxt
+        pos = nxt
+
+
+# --------------------------------------------------------------------------- images
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """RGB uint8 HxWx3 -> JPEG bytes (cv2 from BGR, as insightface's packers do)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise ValueError("cv2.imencode failed")
+    return buf.tobytes()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> RGB uint8 HxWx3; ValueError when it is not an image."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("payload is not a decodable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def pack_img(header: IRHeader | tuple, rgb: np.ndarray, quality: int = 95) -> bytes:
+    return pack(header, encode_jpeg(rgb, quality))
+
+
+def unpack_img(record: bytes) -> tuple[IRHeader, np.ndarray]:
+    header, payload = unpack(record)
+    return header, decode_rgb(payload)
+
+
+# --------------------------------------------------------------------------- writer
+
+def default_idx_path(rec_path: str | os.PathLike) -> Path:
+    return Path(rec_path).with_suffix(".idx")
+
+
+class RecordWriter:
+    """Write records and their .idx; both appear only at close() (temp files, then rename).
+
+    with RecordWriter("train.rec") as w:          # idx defaults to train.idx
+        w.write(key, pack(IRHeader(0, 3.0, key, 0), jpeg))
+    On an exception inside the block nothing is left behind.
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else default_idx_path(rec_path)
+        if self.rec_path.resolve() == self.idx_path.resolve():
+            raise ValueError(f"{self.rec_path}: .rec and .idx paths are the same file")
+        self.rec_path.parent.mkdir(parents=True, exist_ok=True)
+        self.idx_path.parent.mkdir(parents=True, exist_ok=True)
+        tag = f".tmp-{os.getpid()}-{id(self):x}"
+        self._rec_tmp = self.rec_path.with_name(f".{self.rec_path.name}{tag}")
+        self._idx_tmp = self.idx_path.with_name(f".{self.idx_path.name}{tag}")
+        self._rec = open(self._rec_tmp, "wb", buffering=1 << 20)
+        self._idx = open(self._idx_tmp, "w", encoding="ascii", buffering=1 << 18, newline="\n")
+        self._pos = 0
+        self._last_key: Optional[int] = None
+        self._unordered = False  # keys stopped increasing: check for duplicates at close
+        self._count = 0
+        self.closed = False
+        self.splits = 0  # records that held the magic number and were split
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, key: int, record: bytes) -> int:
+        """Append one record under `key`; returns its byte offset."""
+        if self.closed:
+            raise ValueError(f"{self.rec_path}: write after close")
+        if type(key) is not int:
+            if not isinstance(key, numbers.Integral) or isinstance(key, (bool, np.bool_)):
+                raise TypeError(f"{self.rec_path}: record key must be an int, got {type(key).__name__}")
+            key = int(key)
+        if key < 0:
+            raise ValueError(f"{self.rec_path}: record key must be >= 0, got {key}")
+        last = self._last_key
+        if last is None or key > last:
+            self._last_key = key
+        else:
+            self._unordered = True  # duplicates are checked at close
+        if type(record) is not bytes:
+            record = bytes(record)
+        n = len(record)
+        off = self._pos
+        if n <= MAX_LENGTH and MAGIC_BYTES not in record:
+            pad = _PADS[n & 3]
+            self._rec.write(_HEAD.pack(MAGIC, n))
+            self._rec.write(record)
+            if pad:
+                self._rec.write(pad)
+            self._pos = off + 8 + n + len(pad)
+        else:
+            data = frame(record)
+            if len(data) != 8 + n + len(_PADS[n & 3]):
+                self.splits += 1
+            self._rec.write(data)
+            self._pos = off + len(data)
+        self._idx.write(f"{key}\t{off}\n")
+        self._count += 1
+        return off
+
+    def _check_duplicates(self) -> None:
+        if not self._unordered:
+            return
+        self._idx.flush()
+        keys = read_idx(self._idx_tmp)[0]
+        uniq, counts = np.unique(keys, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"{self.rec_path}: key {int(uniq[counts > 1][0])} was written more than once")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._check_duplicates()
+            for f in (self._rec, self._idx):
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        except BaseException:
+            self.abort()
+            raise
+        os.replace(self._rec_tmp, self.rec_path)
+        os.replace(self._idx_tmp, self.idx_path)
+        self.closed = True
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        if self.closed:
+            return
+        self.closed = True
+        for f, p in ((self._rec, self._rec_tmp), (self._idx, self._idx_tmp)):
+            try:
+                f.close()
+            finally:
+                if p.exists():
+                    p.unlink()
+
+    def __del__(self) -> None:  # an unclosed writer must not leave temp files
+        try:
+            if not self.closed:
+                self.abort()
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------- reader
+
+def read_idx(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a .idx into (keys int64, offsets int64), in file order. One-line error on a bad line."""
+    idx_path = Path(idx_path)
+    try:
+        data = idx_path.read_bytes()
+    except FileNotFoundError:
+        raise RecordIOError(f"{idx_path}: index file does not exist") from None
+    tokens = data.split()
+    if len(tokens) % 2 == 0:
+        try:
+            arr = np.array(tokens, dtype=np.int64).reshape(-1, 2) if tokens else np.zeros((0, 2), np.int64)
+            lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+            if lines == len(arr):
+                return arr[:, 0].copy(), arr[:, 1].copy()
+        except ValueError:
+            pass
+    # slow path: find the first bad line for the message
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            if lineno == data.count(b"\n") + 1:
+                break
+            raise RecordIOError(f"{idx_path}: line {lineno}: empty line (expected 'key<TAB>offset')")
+        fields = line.split()
+        if len(fields) != 2 or not all(f.lstrip(b"-").isdigit() for f in fields):
+            raise RecordIOError(f"{idx_path}: line {lineno}: expected 'key<TAB>offset', got {line[:60]!r}")
+    raise RecordIOError(f"{idx_path}: malformed index")  # pragma: no cover
+
+
+_FORK_GENERATION = [0]
+
+
+def _after_fork_in_child() -> None:
+    _FORK_GENERATION[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RecordReader:
+    """Random access by key (mmap) and sequential iteration over a .rec.
+
+    The file is opened on first use and reopened after a fork, and the object pickles without
+    its file handle, so one reader can be handed to DataLoader workers. With no .idx (none given
+    and no sibling <name>.idx), the .rec is scanned once and keys are record positions 0..n-1.
+    """
+
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
+        self.rec_path = Path(rec_path)
+        if not self.rec_path.is_file():
+            raise RecordIOError(f"{self.rec_path}: RecordIO file does not exist")
+        if idx_path is None:
+            sib = default_idx_path(self.rec_path)
+            self.idx_path: Optional[Path] = sib if sib.is_file() else None
+        else:
+            self.idx_path = Path(idx_path)
+            if not self.idx_path.is_file():
+                raise RecordIOError(f"{self.idx_path}: index file does not exist")
+        self._offsets: Optional[dict] = None
+        self._keys: Optional[list] = None
+        self._mm = None
+        self._file = None
+        self._gen = -1
+
+    # pickling drops the open file; the worker reopens lazily
+    def __getstate__(self) -> dict:
+        d = self.__dict__.copy()
+        d["_mm"] = None
+        d["_file"] = None
+        d["_gen"] = -1
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+
+    def _open(self):
+        self._file = open(self.rec_path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._gen = _FORK_GENERATION[0]
+        return self._mm
+
+    @property
+    def buffer(self):
+        mm = self._mm
+        if mm is None or self._gen != _FORK_GENERATION[0]:
+            mm = self._open()
+        return mm
+
+    def _load_index(self) -> dict:
+        if self.idx_path is not None:
+            keys, offs = read_idx(self.idx_path)
+        else:
+            offs = np.array([off for off, _ in self.scan()], dtype=np.int64)
+            keys = np.arange(len(offs), dtype=np.int64)
+        klist = keys.tolist()
+        self._offsets = dict(zip(klist, offs.tolist()))
+        if len(self._offsets) != len(klist):
+            uniq, counts = np.unique(keys, return_counts=True)
+            raise RecordIOError(f"{self.idx_path}: key {int(uniq[counts > 1][0])} appears more than once")
+        self._keys = klist
+        return self._offsets
+
+    @property
+    def offsets(self) -> dict:
+        """key -> byte offset of the record's frame."""
+        return self._offsets if self._offsets is not None else self._load_index()
+
+    @property
+    def keys(self) -> list:
+        """Keys in .idx order."""
+        if self._keys is None:
+            self._load_index()
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.offsets
+
+    def read(self, key: int) -> bytes:
+        """The record stored under `key` (IRHeader + payload bytes)."""
+        offsets = self._offsets if self._offsets is not None else self._load_index()
+        try:
+            off = offsets[key]
+        except (KeyError, TypeError):
+            raise RecordKeyError(f"{self.idx_path or self.rec_path}: key {key!r} is not in the index") from None
+        mm = self._mm
+        if mm is None or self._gen != _FORK_GENERATION[0]:
+            mm = self._open()
+        # fast path: a whole record (cflag 0)
+        try:
+            magic, lrec = _HEAD.unpack_from(mm, off)
+        except struct.error:
+            magic = lrec = -1
+        if magic == MAGIC and lrec >> 29 == 0:
+            end = off + 8 + lrec
+            if end <= len(mm):
+                return mm[off + 8:end]
+        try:
+            return read_frame_at(mm, off, self.rec_path)[0]
+        except RecordIOError as e:
+            raise RecordIOError(f"{e} (key {key} in {self.idx_path})") from None
+
+    def read_at(self, offset: int) -> bytes:
+        return read_frame_at(self.buffer, offset, self.rec_path)[0]
+
+    def header(self, key: int) -> IRHeader:
+        return self.unpack(key)[0]
+
+    def unpack(self, key: int) -> tuple[IRHeader, bytes]:
+        rec = self.read(key)
+        try:
+            return unpack(rec)
+        except ValueError as e:
+            raise RecordIOError(f"{self.rec_path}: key {key}: {e}") from None
+
+    def scan(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(offset, record) for every record in file order; raises at the first bad frame."""
+        mm = self.buffer
+        size = len(mm)
+        pos = start
+        head = _HEAD.unpack_from
+        while pos < size:
+            if pos + 8 <= size:
+                magic, lrec = head(mm, pos)
+                if magic == MAGIC and lrec >> 29 == 0:
+                    end = pos + 8 + lrec
+                    if end <= size:
+                        yield pos, mm[pos + 8:end]
+                        pos += 8 + ((lrec + 3) & ~3)
+                        continue
+            rec, nxt = read_frame_at(mm, pos, self.rec_path)
+            yield pos, rec
+            pos = nxt
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Records in file order (sequential scan)."""
+        for _, rec in self.scan():
+            yield rec
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        """(key, record) in .idx order."""
+        for k in self.keys:
+            yield k, self.read(k)
+
+    def close(self) -> None:
+        if self._mm is not None and not isinstance(self._mm, bytes):
+            try:
+                self._mm.close()
+            except BufferError:  # a memoryview still points into it; leave it to the GC
+                pass
+        if self._file is not None:
+            self._file.close()
+        self._mm = None
+        self._file = None
+
+    def __enter__(self) -> "RecordReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
