@@ -225,3 +225,27 @@ def test_jpeg_helpers_round_trip_rgb_order():
     assert back.shape == (16, 16, 3) and back[..., 0].mean() > 150 and back[..., 2].mean() < 50
     with pytest.raises(ValueError):
         decode_rgb(b"not an image")
+
+
+def test_write_images_gives_the_same_bytes_as_write(tmp_path):
+    rng = np.random.default_rng(3)
+    payloads = [rng.integers(0, 256, int(n), dtype=np.uint8).tobytes() for n in rng.integers(0, 300, 50)]
+    payloads[7] = b"abcd" + M + b"efgh"  # forces the split path for its chunk
+    keys = list(range(1, 51))
+    labels = [float(k % 4) for k in keys]
+    with RecordWriter(tmp_path / "a.rec") as w:
+        for k, lab, p in zip(keys, labels, payloads):
+            w.write(k, pack(IRHeader(0, lab, k, 0), p))
+    with RecordWriter(tmp_path / "b.rec", durable=False) as w:
+        w.write_images(keys[:20], labels[:20], payloads[:20], chunk=8)
+        w.write_images(keys[20:], labels[20:], payloads[20:])
+    assert (tmp_path / "a.rec").read_bytes() == (tmp_path / "b.rec").read_bytes()
+    assert (tmp_path / "a.idx").read_bytes() == (tmp_path / "b.idx").read_bytes()
+    r = RecordReader(tmp_path / "b.rec")
+    h, p = r.unpack(8)
+    assert p == payloads[7] and h == IRHeader(0, labels[7], 8, 0)
+    with pytest.raises(ValueError, match="more than once"):
+        with RecordWriter(tmp_path / "c.rec") as w:
+            w.write_images([1, 2], [0, 0], [b"a", b"b"])
+            w.write_images([2], [0], [b"c"])
+    assert not (tmp_path / "c.rec").exists()
