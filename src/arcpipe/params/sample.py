@@ -1,11 +1,46 @@
-"""params.yaml `sample`: the embedded, generated sample data set."""
+"""params.yaml `sample`: the embedded, generated sample data set.
+
+Every count below is multiplied by `scale` (rounded, at least 1 where the part needs one):
+`scale: 4` is a four times larger sample, everything else unchanged.
+"""
 from __future__ import annotations
 
-from .base import NonNegInt, PositiveInt, Section
+from pydantic import Field, model_validator
+
+from .base import NonNegInt, PositiveFloat, PositiveInt, Section
+
+
+class SampleNoiseParams(Section):
+    """Known noise injected into the training set (folder and TSV alike), all in ground_truth.json."""
+
+    mislabelled: NonNegInt = 3       # an image of identity A filed under B
+    split_identities: NonNegInt = 1  # one identity's images filed under two labels
+    eval_overlap: NonNegInt = 2      # training identities that are also LFW / FaceScrub identities
+    non_faces: NonNegInt = 3         # real non-face pictures filed under an identity
+    corrupt: NonNegInt = 3           # zero-byte, truncated JPEG, garbage bytes (TSV: empty, cut, bad base64)
+    megaface_noisy_probes: NonNegInt = 2       # FaceScrub images of someone else (facescrub_noises.txt)
+    megaface_noisy_distractors: NonNegInt = 2  # distractors that show a probe identity (megaface_noises.txt)
 
 
 class SampleParams(Section):
     out_dir: str = "data/sample"
     seed: NonNegInt = 0
-    identities: PositiveInt = 24
+    scale: PositiveFloat = 1.0
+    identities: PositiveInt = 24           # training identities
     images_per_identity: PositiveInt = 8
+    lfw_identities: int = Field(default=20, ge=2)
+    lfw_min_images: int = Field(default=3, ge=2)   # images per LFW identity: min..max inclusive
+    lfw_max_images: int = Field(default=5, ge=2)
+    lfw_pairs_per_fold: PositiveInt = 3    # matched pairs per fold (and as many mismatched)
+    ijb_subjects: int = Field(default=8, ge=2)
+    ijb_templates_per_subject: int = Field(default=4, ge=2)
+    megaface_probes: PositiveInt = 6
+    megaface_images_per_probe: PositiveInt = 5
+    megaface_distractors: PositiveInt = 100
+    noise: SampleNoiseParams = Field(default_factory=SampleNoiseParams)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SampleParams":
+        if self.lfw_max_images < self.lfw_min_images:
+            raise ValueError(f"lfw_max_images ({self.lfw_max_images}) must be at least lfw_min_images ({self.lfw_min_images})")
+        return self

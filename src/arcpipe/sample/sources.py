@@ -1,0 +1,166 @@
+"""The real photographs the sample starts from, all shipped inside installed wheels.
+
+Faces: the insightface wheel's group photo (t1.jpg) and Tom_Hanks_54745.png, scikit-image's
+astronaut and the 100 face crops of its lfw_subset, matplotlib's grace_hopper.jpg.
+Non-faces: the 100 background crops of lfw_subset and the insightface mask textures.
+
+Every face is found and given five landmarks by one function, `find_faces`, then warped onto
+a canonical canvas (CANVAS x CANVAS, landmarks near a fixed template) from which every
+generated image is rendered.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import PipelineError
+
+CANVAS = 400
+# The ArcFace 112 template (left eye, right eye, nose, mouth left, mouth right) scaled by 1.5 and
+# centred on the canvas: every canonical face has its eyes ~53 px apart.
+_TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+CANON_LANDMARKS = _TEMPLATE_112 * 1.5 + (CANVAS - 112 * 1.5) / 2.0
+
+
+@dataclass(frozen=True)
+class BaseFace:
+    """One real face, on the canonical canvas: `image` BGR uint8, `landmarks` (5, 2) in it."""
+
+    name: str          # e.g. "t1_3", "astronaut", "lfw_subset_017"
+    source: str        # which photo it comes from
+    image: np.ndarray
+    landmarks: np.ndarray
+    score: float       # detector score on the source photo
+    low_res: bool      # upscaled from a tiny crop
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(f"sample: package '{package}' is not installed (the sample's base photos ship in it)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _read(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise PipelineError(f"{path}: cannot decode the sample's base photo")
+    return img
+
+
+def insightface_images() -> Path:
+    return _package_dir("insightface") / "data" / "images"
+
+
+def raw_photos() -> list[tuple[str, np.ndarray, bool]]:
+    """(name, BGR image, is_tiny_crop) for every face photo, in a fixed order."""
+    import skimage.data
+
+    photos: list[tuple[str, np.ndarray, bool]] = []
+    ins = insightface_images()
+    photos.append(("t1", _read(ins / "t1.jpg"), False))
+    photos.append(("tom_hanks", _read(ins / "Tom_Hanks_54745.png"), False))
+    photos.append(("astronaut", cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), False))
+    mpl = _package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    photos.append(("grace_hopper", _read(mpl), False))
+    for i, face in enumerate(lfw_subset()[:100]):
+        photos.append((f"lfw_subset_{i:03d}", _pad_tiny_crop(face), True))
+    return photos
+
+
+@lru_cache(maxsize=1)
+def lfw_subset() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.lfw_subset()  # (200, 25, 25) float in [0, 1]; 100 faces then 100 non-faces
+
+
+def to_u8(gray01: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(gray01 * 255.0), 0, 255).astype(np.uint8)
+
+
+TINY_SCALE = 6      # 25 px crops become 150 px faces
+TINY_PAD = 60       # background around them, so a detector sees a face with context
+
+
+def _pad_tiny_crop(face01: np.ndarray) -> np.ndarray:
+    """A 25x25 tight face crop -> a 270x270 photo: the face upscaled, on a blurred enlargement of itself."""
+    face = to_u8(face01)
+    size = face.shape[0] * TINY_SCALE
+    big = cv2.resize(face, (size, size), interpolation=cv2.INTER_CUBIC)
+    full = size + 2 * TINY_PAD
+    background = cv2.GaussianBlur(cv2.resize(face, (full, full), interpolation=cv2.INTER_LINEAR), (0, 0), 25)
+    out = background.astype(np.float32)
+    # feathered paste: the crop's edge fades into the background over ~12 px
+    mask = np.zeros((full, full), np.float32)
+    mask[TINY_PAD:TINY_PAD + size, TINY_PAD:TINY_PAD + size] = 1.0
+    mask = cv2.GaussianBlur(mask, (0, 0), 6)
+    canvas = out.copy()
+    canvas[TINY_PAD:TINY_PAD + size, TINY_PAD:TINY_PAD + size] = big
+    out = mask * canvas + (1 - mask) * out
+    gray = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+
+
+def non_face_images() -> list[tuple[str, np.ndarray]]:
+    """(name, BGR) real non-face pictures: lfw_subset backgrounds (25 px) and mask textures."""
+    out = [(f"lfw_subset_nonface_{i:03d}", cv2.cvtColor(to_u8(img), cv2.COLOR_GRAY2BGR))
+           for i, img in enumerate(lfw_subset()[100:])]
+    ins = insightface_images()
+    for name in ("mask_black", "mask_blue", "mask_green", "mask_white"):
+        out.append((name, _read(ins / f"{name}.jpg")))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Landmarks: the one place that decides where the faces are.
+
+def find_faces(name: str, bgr: np.ndarray, tiny: bool) -> list[tuple[np.ndarray, float]]:
+    """[(landmarks (5, 2) float64 in `bgr`, score)] for the faces in one base photo."""
+    from .landmarks import detect_landmarks
+
+    return detect_landmarks(name, bgr, tiny)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, shift) src -> dst as a 2x3 matrix."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    norm = (s ** 2).sum()
+    a = (s[:, 0] * d[:, 0] + s[:, 1] * d[:, 1]).sum() / norm
+    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / norm
+    m = np.array([[a, -b, 0.0], [b, a, 0.0]])
+    m[:, 2] = md - m[:, :2] @ ms
+    return m
+
+
+def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return np.asarray(pts, np.float64) @ m[:, :2].T + m[:, 2]
+
+
+@lru_cache(maxsize=1)
+def base_faces() -> tuple[BaseFace, ...]:
+    """Every usable real face on the canonical canvas, in a fixed order (cached per process)."""
+    faces: list[BaseFace] = []
+    for name, bgr, tiny in raw_photos():
+        found = find_faces(name, bgr, tiny)
+        # several faces in one photo (t1): left to right, so names are stable
+        found = sorted(found, key=lambda f: float(f[0][:, 0].mean()))
+        for k, (lmk, score) in enumerate(found):
+            m = similarity(lmk, CANON_LANDMARKS)
+            canon = cv2.warpAffine(bgr, m, (CANVAS, CANVAS), flags=cv2.INTER_CUBIC,
+                                   borderMode=cv2.BORDER_REPLICATE)
+            fname = name if len(found) == 1 else f"{name}_{k}"
+            faces.append(BaseFace(fname, name, canon, np.round(apply_affine(m, lmk), 2), round(float(score), 4), tiny))
+    if not faces:
+        raise PipelineError("sample: no face found in any base photo")
+    return tuple(faces)
