@@ -1,17 +1,38 @@
 """params.yaml `evaluate` and `report`: benchmark protocols and the table beside the paper."""
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from .base import PositiveInt, Section
+from .evaluate_bench import IJBParams, MegaFaceParams, YTFParams
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+# metrics/<name>.json file names the stage itself or the other benchmarks use
+RESERVED_NAMES = {"summary", "ijb", "ijbb", "ijbc", "megaface", "ytf"}
 
 
 class ModelParams(Section):
+    """The face model to evaluate: an ONNX file, our TorchScript export, or the pixel baseline.
+
+    onnx / torchscript need `path`; `sidecar` (YAML/JSON: input size, crop, mean, std, channel
+    order, embedding size) defaults to the model path with suffix .json / .yaml.
+    """
+
     kind: Literal["onnx", "torchscript", "pixels"] = "pixels"
     path: Optional[str] = None
     sidecar: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> "ModelParams":
+        if self.kind in ("onnx", "torchscript") and not self.path:
+            raise ValueError(f"path is required for model kind {self.kind} (the .onnx / TorchScript file)")
+        if self.kind == "pixels" and (self.path or self.sidecar):
+            raise ValueError("the pixels baseline takes no path or sidecar")
+        return self
 
 
 class EvaluateParams(Section):
@@ -19,9 +40,33 @@ class EvaluateParams(Section):
     device: str = "cpu"
     batch_size: PositiveInt = 64
     flip: bool = True
+    # verification packs: {name: path to .bin}; writes metrics/<name>.json, plots/roc_<name>.csv
     verification: dict[str, str] = Field(default_factory=dict)
+    folds: PositiveInt = 10
+    far_target: float = Field(default=1e-3, gt=0, lt=1)
     metrics_dir: str = "metrics"
     plots_dir: str = "plots"
+    # the large benchmarks: run only when their section is given
+    ijb: Optional[IJBParams] = None
+    megaface: Optional[MegaFaceParams] = None
+    ytf: Optional[YTFParams] = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError("expected cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("verification")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _NAME.match(name):
+                raise ValueError(f"set name {name!r} must be letters, digits, '_', '-', '.' (it names metrics/{name}.json)")
+            if name in RESERVED_NAMES:
+                raise ValueError(f"set name {name!r} is reserved for another output file")
+        return v
 
 
 class ReportParams(Section):
