@@ -8,10 +8,12 @@ the previous ones untouched):
                                   acc_mean/acc_std, fold_acc, fold_threshold, val_mean/val_std/
                                   far_mean at far_target, pair counts, the .bin's path + sha256,
                                   the model's identity, flip, xnorm (mean raw embedding norm)
-    <metrics_dir>/<bench>.json    ijbb or ijbc (from evaluate.ijb.target) / megaface / ytf, when their params sections are set: the
-                                  dict their run_<bench>(section, embedder, ctx) returns, plus the
+    <metrics_dir>/<bench>.json    ijbb / ijbc (evaluate.ijb.target, lower case), megaface, ytf,
+                                  when their params sections are set: the dict their
+                                  run_<bench>(section, embedder, ctx) returns, plus the
                                   model identity. A key "plots" in that dict ({plot name:
-                                  {column: list}}) is taken out and written as plots/<name>.csv.
+                                  {column: list} or [row dicts]}) is taken out and written
+                                  as plots/<plot name>.csv.
     <metrics_dir>/summary.json    the stage summary (counts, seconds, params digest)
     <plots_dir>/roc_<name>.csv    the verification ROC averaged over folds: threshold,fpr,tpr
 """
@@ -110,7 +112,12 @@ def verify_bin(name: str, path: str, embedder: Embedder, flip: bool, folds: int,
     return metrics, roc
 
 
-def write_csv(path: Path, columns: dict[str, Any]) -> None:
+def write_csv(path: Path, columns: dict[str, Any] | list[dict[str, Any]]) -> None:
+    """Plot data as CSV: either {column: values} or a list of row dicts with the same keys."""
+    if isinstance(columns, list):
+        rows = columns
+        names = list(rows[0]) if rows else []
+        columns = {c: [r[c] for r in rows] for c in names}
     names = list(columns)
     cols = [list(np.asarray(columns[c]).reshape(-1)) for c in names]
     if len({len(c) for c in cols}) > 1:
