@@ -28,7 +28,8 @@ from .errors import PipelineError
 __all__ = [
     "MAGIC", "MAGIC_BYTES", "IR_SIZE", "IRHeader", "RecordIOError", "RecordKeyError", "pack", "unpack", "label_of",
     "frame", "RecordWriter", "RecordReader", "encode_jpeg", "decode_rgb", "pack_img", "unpack_img",
-    "read_idx", "read_frame_at", "default_idx_path",
+    "read_idx", "read_frame_at", "default_idx_path", "PackLayout", "read_layout", "read_property",
+    "write_property", "image_label",
 ]
 
 MAGIC = 0xCED7230A
@@ -651,3 +652,72 @@ class RecordReader:
             self.close()
         except Exception:
             pass
+
+
+# --------------------------------------------------------------------------- insightface layout
+
+class PackLayout(NamedTuple):
+    """What a training .rec holds: image keys, and per identity its (start, end) key range."""
+
+    kind: str                   # "insightface" (header record 0) or "plain" (im2rec: every record an image)
+    image_keys: list            # keys of image records
+    identity_keys: list         # keys of identity records (insightface only)
+    identity_ranges: list       # (start, end) image key range per identity record, end exclusive
+
+
+def read_layout(reader: RecordReader) -> PackLayout:
+    """Tell an insightface pack (record 0: flag > 0, label (N+1, N+K+1)) from a plain im2rec pack."""
+    keys = reader.keys
+    if 0 in reader.offsets:
+        h = reader.header(0)
+        if h.flag >= 2:
+            first_id, end_id = int(h.label[0]), int(h.label[1])
+            if not 1 <= first_id <= end_id:
+                raise RecordIOError(f"{reader.rec_path}: key 0: header label ({first_id}, {end_id}) is not a "
+                                    f"valid (first identity key, end) range")
+            id_keys = list(range(first_id, end_id))
+            ranges = []
+            for k in id_keys:
+                if k not in reader.offsets:
+                    raise RecordKeyError(f"{reader.idx_path}: identity record key {k} (from header record 0) "
+                                         f"is not in the index")
+                ih = reader.header(k)
+                if ih.flag < 2:
+                    raise RecordIOError(f"{reader.rec_path}: key {k}: identity record has no (start, end) label")
+                ranges.append((int(ih.label[0]), int(ih.label[1])))
+            return PackLayout("insightface", list(range(1, first_id)), id_keys, ranges)
+    return PackLayout("plain", list(keys), [], [])
+
+
+def read_property(path: str | os.PathLike) -> tuple[int, int, int]:
+    """`property` file -> (num_classes, height, width)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise RecordIOError(f"{path}: property file does not exist (expected one line 'num_classes,H,W')") from None
+    except UnicodeDecodeError:
+        raise RecordIOError(f"{path}: property file is not text") from None
+    try:
+        c, h, w = (int(x) for x in text.split(","))
+    except ValueError:
+        raise RecordIOError(f"{path}: line 1: expected 'num_classes,H,W', got {text[:60]!r}") from None
+    return c, h, w
+
+
+def write_property(path: str | os.PathLike, num_classes: int, height: int, width: int) -> None:
+    from .fsutil import write_text_atomic
+
+    write_text_atomic(path, f"{num_classes},{height},{width}\n")
+
+
+def image_label(reader: RecordReader, key: int) -> int:
+    """Integer class label of an image record; one clear error when it is not a number."""
+    h = reader.header(key)
+    try:
+        lab = label_of(h)
+    except ValueError as e:
+        raise RecordIOError(f"{reader.rec_path}: key {key}: label: {e}") from None
+    if not np.isfinite(lab) or lab != int(lab) or lab < 0:
+        raise RecordIOError(f"{reader.rec_path}: key {key}: label {lab!r} is not a class number")
+    return int(lab)

@@ -1,6 +1,8 @@
 """params.yaml `pack` and `evalpack`: RecordIO training packs and verification .bin packs."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from .base import NonNegInt, PositiveInt, Section
@@ -9,10 +11,15 @@ from .base import NonNegInt, PositiveInt, Section
 class PackParams(Section):
     dataset: str = "train"
     out_dir: str = "data/pack"
+    # JPEG quality of the packed images; equal to align.jpeg_quality -> bytes copied unchanged
     quality: int = Field(default=95, ge=1, le=100)
+    # >1: train_000.rec ... each a complete pack over a contiguous block of identities
     shards: PositiveInt = 1
+    # also write train_flat.rec: image records only, scalar labels, shuffled (DALI's reader)
     flat_shuffled: bool = True
     seed: NonNegInt = 0
+    # fsync the .rec/.idx before renaming them into place
+    durable: bool = True
 
 
 class EvalPackSet(Section):
@@ -23,3 +30,5 @@ class EvalPackSet(Section):
 class EvalPackParams(Section):
     out_dir: str = "data/evalpack"
     sets: dict[str, EvalPackSet] = Field(default_factory=dict)
+    # a pair naming an image with no crop: skip it and count it, or fail naming the pairs line
+    on_missing: Literal["skip", "fail"] = "skip"
