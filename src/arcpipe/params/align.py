@@ -12,7 +12,10 @@ class AlignParams(Section):
     jpeg_quality: int = Field(default=95, ge=1, le=100)
     shards: PositiveInt = 1
     workers: PositiveInt = 1
+    # aligned crops shown on data/align/<name>/contact_sheet.jpg (rejects are added after them)
     contact_sheet: PositiveInt = 48
+    # pixels added around a box given with the data (given_box fallback), as the reference scripts
+    box_margin: float = Field(default=44.0, ge=0)
 
     @field_validator("image_size")
     @classmethod
