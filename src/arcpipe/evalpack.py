@@ -1,0 +1,278 @@
+"""Verification packs (.bin): pickle of (bins, issame_list), as insightface ships lfw.bin, cfp_fp.bin, ...
+
+bins: 2P encoded images (JPEG bytes), pairs consecutive; issame_list: P booleans.
+Loading uses a restricted unpickler: a downloaded pack cannot run code. The `evalpack` stage
+builds .bin packs from an aligned verification set and an LFW-format pairs list.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import PipelineError
+from .fsutil import write_bytes_atomic, write_json_atomic
+
+__all__ = ["load_bin", "write_bin", "dump_bin", "EvalPackError", "Pair", "read_pairs", "build_bin",
+           "run_evalpack", "sha256_file"]
+
+log = logging.getLogger("arcpipe.evalpack")
+
+
+class EvalPackError(PipelineError):
+    """A .bin pack or pairs list is malformed; the message names the file and the item or line."""
+
+
+# globals a real pack may name: bytes from python-3 protocol-2 pickles, and numpy scalars/arrays
+_ALLOWED = {
+    ("_codecs", "encode"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, f, path: Path):
+        super().__init__(f, encoding="bytes")
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise EvalPackError(
+            f"{self._path}: refused to load: the pickle asks for {module}.{name}; a verification pack may "
+            f"only hold bytes, lists, tuples, bools and numpy arrays/scalars (it may try to run code)")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise EvalPackError(f"{self._path}: refused to load: the pickle uses persistent ids")
+
+
+def _as_bytes(x: Any) -> Optional[bytes]:
+    if isinstance(x, (bytes, bytearray)):
+        return bytes(x)
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 1:
+        return x.tobytes()
+    return None
+
+
+def _as_bool(x: Any) -> Optional[bool]:
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)) and int(x) in (0, 1):
+        return bool(x)
+    return None
+
+
+def load_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
+    """(list of 2P image byte strings, bool array of P pairs) from a .bin, safely."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise EvalPackError(f"{path}: verification pack does not exist") from None
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), path).load()
+    except EvalPackError:
+        raise
+    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... from a non-pickle
+        raise EvalPackError(f"{path}: not a verification pack (not a readable pickle: "
+                            f"{type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise EvalPackError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
+    raw_bins, raw_same = obj
+    if isinstance(raw_same, np.ndarray):
+        raw_same = raw_same.tolist()
+    if not isinstance(raw_bins, (list, tuple)) or not isinstance(raw_same, (list, tuple)):
+        raise EvalPackError(f"{path}: bins and issame_list must be lists, got "
+                            f"{type(raw_bins).__name__} and {type(raw_same).__name__}")
+    bins = []
+    for i, b in enumerate(raw_bins):
+        bb = _as_bytes(b)
+        if bb is None:
+            raise EvalPackError(f"{path}: bins[{i}]: expected encoded image bytes, got {type(b).__name__}")
+        bins.append(bb)
+    same = []
+    for i, s in enumerate(raw_same):
+        sb = _as_bool(s)
+        if sb is None:
+            raise EvalPackError(f"{path}: issame_list[{i}]: expected a bool, got {type(s).__name__} {s!r:.40}")
+        same.append(sb)
+    if len(bins) != 2 * len(same):
+        raise EvalPackError(f"{path}: {len(bins)} images for {len(same)} pairs (expected {2 * len(same)})")
+    return bins, np.array(same, dtype=bool)
+
+
+def dump_bin(bins: Sequence[bytes], issame: Iterable[bool]) -> bytes:
+    same = [bool(s) for s in issame]
+    bins = [bytes(b) for b in bins]
+    if len(bins) != 2 * len(same):
+        raise ValueError(f"{len(bins)} images for {len(same)} pairs (expected {2 * len(same)})")
+    return pickle.dumps((bins, same), protocol=4)
+
+
+def write_bin(path: str | Path, bins: Sequence[bytes], issame: Iterable[bool]) -> str:
+    """Write a .bin atomically; returns its sha256. insightface loads it with pickle.load(f, encoding='bytes')."""
+    data = dump_bin(bins, issame)
+    write_bytes_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- pairs lists
+
+@dataclass(frozen=True)
+class Pair:
+    image1: str  # "<Name>/<Name>_<NNNN>.jpg"
+    image2: str
+    same: bool
+    line: int
+    fold: int
+
+
+def lfw_image(name: str, number: int) -> str:
+    return f"{name}/{name}_{number:04d}.jpg"
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """LFW pairs.txt: "<folds>\\t<n>", then per fold n matched and n mismatched lines."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise EvalPackError(f"{path}: pairs file does not exist") from None
+    except UnicodeDecodeError:
+        raise EvalPackError(f"{path}: pairs file is not UTF-8 text") from None
+    if not lines:
+        raise EvalPackError(f"{path}: line 1: empty pairs file")
+    head = lines[0].split()
+    try:
+        folds, n = (int(head[0]), int(head[1])) if len(head) == 2 else (1, int(head[0]))
+    except (ValueError, IndexError):
+        raise EvalPackError(f"{path}: line 1: expected '<folds>\\t<pairs per half-fold>', got {lines[0][:60]!r}") from None
+    body = [(i + 2, ln) for i, ln in enumerate(lines[1:]) if ln.strip()]
+    if len(body) != folds * 2 * n:
+        raise EvalPackError(f"{path}: header says {folds} folds x {2 * n} pairs = {folds * 2 * n} lines, "
+                            f"found {len(body)}")
+    pairs = []
+    for j, (lineno, ln) in enumerate(body):
+        f = ln.split()
+        fold = j // (2 * n)
+        try:
+            if len(f) == 3:
+                pairs.append(Pair(lfw_image(f[0], int(f[1])), lfw_image(f[0], int(f[2])), True, lineno, fold))
+            elif len(f) == 4:
+                pairs.append(Pair(lfw_image(f[0], int(f[1])), lfw_image(f[2], int(f[3])), False, lineno, fold))
+            else:
+                raise ValueError
+        except ValueError:
+            raise EvalPackError(f"{path}: line {lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2', "
+                                f"got {ln[:60]!r}") from None
+    return pairs
+
+
+def _source_tail(source: str) -> str:
+    parts = re.split(r"[\\/]+", str(source).strip())
+    return "/".join(parts[-2:])
+
+
+def build_bin(aligned, pairs: Sequence[Pair], pairs_path: str | Path, on_missing: str = "skip"
+              ) -> tuple[list[bytes], list[bool], dict]:
+    """Collect the JPEGs of every pair from an aligned set; returns (bins, issame, report).
+
+    An image counts as present when the aligned set holds a crop for it (a fallback crop too).
+    Missing ones are counted; the pair is skipped, or with on_missing='fail' it is an error.
+    """
+    man = aligned.manifest
+    by_tail: dict[str, tuple[int, str]] = {}
+    for src, key, status in zip(man["source"].astype(str), man["key"].astype(int), man["status"].astype(str)):
+        by_tail[_source_tail(src)] = (key, status)
+    bins: list[bytes] = []
+    same: list[bool] = []
+    missing: dict[str, str] = {}
+    skipped = []
+    cache: dict[int, bytes] = {}
+    for p in pairs:
+        absent = []
+        for img in (p.image1, p.image2):
+            hit = by_tail.get(img)
+            if hit is None:
+                absent.append((img, "not in the aligned set"))
+            elif hit[0] < 0:
+                absent.append((img, f"no crop (status {hit[1]})"))
+        if absent:
+            for img, why in absent:
+                missing[img] = why
+            if on_missing == "fail":
+                img, why = absent[0]
+                raise EvalPackError(f"{pairs_path}: line {p.line}: image {img} is missing: {why}")
+            skipped.append(p.line)
+            continue
+        for img in (p.image1, p.image2):
+            k = by_tail[img][0]
+            if k not in cache:
+                cache[k] = aligned.read_jpeg(k)
+            bins.append(cache[k])
+        same.append(p.same)
+    report = {
+        "pairs_listed": len(pairs),
+        "pairs_written": len(same),
+        "pairs_skipped": len(skipped),
+        "skipped_lines": skipped,
+        "same": int(sum(same)),
+        "different": int(len(same) - sum(same)),
+        "images_missing": len(missing),
+        "missing": [{"image": k, "reason": v} for k, v in sorted(missing.items())],
+    }
+    return bins, same, report
+
+
+def run_evalpack(ctx) -> dict:
+    """Stage body: one <set>.bin + <set>.json per evalpack.sets entry, summary.json beside them."""
+    from .pack import open_aligned
+
+    p = ctx.params.evalpack
+    out_dir = Path(p.out_dir)
+    align_dir = Path(ctx.params.align.out_dir)
+    sets_out = {}
+    totals = {"sets": 0, "pairs_listed": 0, "pairs_written": 0, "pairs_skipped": 0, "images_missing": 0}
+    for name, spec in sorted(p.sets.items()):
+        aligned = open_aligned(ctx.require_path(f"evalpack.sets.{name}.dataset", align_dir / spec.dataset))
+        pairs_path = ctx.require_path(f"evalpack.sets.{name}.pairs", spec.pairs)
+        pairs = read_pairs(pairs_path)
+        bins, same, report = build_bin(aligned, pairs, pairs_path, p.on_missing)
+        if not same:
+            raise EvalPackError(f"{pairs_path}: no pair has both images in {align_dir / spec.dataset}")
+        sha = write_bin(out_dir / f"{name}.bin", bins, same)
+        info = {"set": name, "dataset": spec.dataset, "pairs_file": str(pairs_path), "sha256": sha,
+                "on_missing": p.on_missing, **report}
+        write_json_atomic(out_dir / f"{name}.json", info)
+        ctx.log.info("%s: %d pairs written, %d skipped, %d images missing, sha256 %s",
+                     name, report["pairs_written"], report["pairs_skipped"], report["images_missing"], sha[:16])
+        sets_out[name] = {k: v for k, v in info.items() if k not in ("missing", "skipped_lines")}
+        totals["sets"] += 1
+        for k in ("pairs_listed", "pairs_written", "pairs_skipped", "images_missing"):
+            totals[k] += report[k]
+    counts = {"in": totals["pairs_listed"], "out": totals["pairs_written"],
+              "rejected": {"pair_with_missing_image": totals["pairs_skipped"]}, **totals, "per_set": sets_out}
+    ctx.write_summary(out_dir / "summary.json", counts)
+    return counts
