@@ -666,11 +666,11 @@ class PackLayout(NamedTuple):
 
 
 def read_layout(reader: RecordReader) -> PackLayout:
-    """Tell an insightface pack (record 0: flag > 0, label (N+1, N+K+1)) from a plain im2rec pack."""
+    """Tell an insightface pack (record 0: flag >= 2, label (N+1, N+K+1), no payload) from a plain pack."""
     keys = reader.keys
     if 0 in reader.offsets:
-        h = reader.header(0)
-        if h.flag >= 2:
+        h, payload = reader.unpack(0)
+        if h.flag >= 2 and len(payload) == 0:  # an image record 0 (plain pack, vector label) has a payload
             first_id, end_id = int(h.label[0]), int(h.label[1])
             if not 1 <= first_id <= end_id:
                 raise RecordIOError(f"{reader.rec_path}: key 0: header label ({first_id}, {end_id}) is not a "
