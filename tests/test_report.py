@@ -87,11 +87,16 @@ def test_report_stage(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.md", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["measured"] == 2 and summary["with_paper_number"] == 1
+    assert "sanity baseline" not in (out / "results.md").read_text()   # an onnx model here
 
 
 def test_bad_metrics_file_names_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     d = _write(tmp_path, {"lfw": _verif("lfw", 0.75)})
+    m = _verif("lfw", 0.75)
+    m["model"] = {"kind": "pixels", "name": "pixels-16x16-gray (sanity baseline)"}
+    (d / "lfw.json").write_text(json.dumps(m))
+    assert "not comparable to the paper" in render_markdown(build_rows(load_metrics(d)), load_metrics(d))
     (d / "broken.json").write_text("{not json")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"evaluate": {"metrics_dir": str(d)}, "report": {"out_dir": str(tmp_path / "r")}}))

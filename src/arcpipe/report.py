@@ -212,6 +212,9 @@ def render_markdown(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any
     models = sorted({r["model"] for r in rows if r["model"]})
     if models:
         out.write("Ours: " + "; ".join(models) + "\n\n")
+    if any(isinstance(m.get("model"), dict) and m["model"].get("kind") == "pixels" for m in metrics.values()):
+        out.write("**The pixels model is a training-free sanity baseline, not a face model: its numbers show "
+                  "what the pipeline and the pairs alone give, and are not comparable to the paper's.**\n\n")
     out.write("| benchmark | metric | ours | paper | ours − paper | notes |\n|---|---|---:|---:|---:|---|\n")
     for r in rows:
         ours = _fmt(r["ours"])
