@@ -106,3 +106,25 @@ def test_bad_metrics_file_names_the_file(tmp_path, monkeypatch, capsys):
     params.write_text(yaml.safe_dump({"evaluate": {"metrics_dir": str(tmp_path / "none")}}))
     assert run_stage("report", run_report, ["--params", str(params)]) == 2
     assert "metrics folder does not exist" in capsys.readouterr().err
+
+
+def test_benchmark_shapes_of_ijb_and_megaface(tmp_path):
+    """The dicts the IJB and MegaFace runners return (metrics nested under 'metrics')."""
+    ijbc = {"benchmark": "ijbc", "metrics": {"target": "IJBC", "verification": {
+        "tar_at_far": {"1e-06": 0.80, "1e-05": 0.90, "0.0001": 0.961, "0.001": 0.97}, "pairs": 100}}}
+    mf = {"benchmark": "megaface", "metrics": {
+        "raw": {"10": {"rank": {"1": 0.5}, "tar_at_far": {"1e-06": 0.4}},
+                "1000000": {"rank": {"1": 0.97}, "tar_at_far": {"1e-06": 0.975}}},
+        "refined": {"10": {"rank": {"1": 0.6}, "tar_at_far": {"1e-06": 0.5}},
+                    "1000000": {"rank": {"1": 0.9841}, "tar_at_far": {"1e-06": 0.9852}}}}}
+    rows = {(r["benchmark"], r["metric"]): r for r in build_rows({"ijbc": ijbc, "megaface": mf})}
+    assert rows[("ijbc", "tar@1e-4")]["ours"] == pytest.approx(96.1) and rows[("ijbc", "tar@1e-4")]["paper"] == 95.6
+    assert rows[("ijbc", "tar@1e-6")]["paper"] is None
+    idr = rows[("megaface", "id_rank1_refined")]
+    assert idr["ours"] == pytest.approx(98.41) and idr["paper"] == 98.35 and "1,000,000 distractors" in idr["note"]
+    assert rows[("megaface", "ver_tar@1e-6_refined")]["ours"] == pytest.approx(98.52)
+    # without noise lists only raw numbers exist: not put beside the paper's refined ones
+    del mf["metrics"]["refined"]
+    rows = {(r["benchmark"], r["metric"]): r for r in build_rows({"megaface": mf})}
+    assert rows[("megaface", "id_rank1_raw")]["paper"] is None
+    assert rows[("megaface", "id_rank1_refined")]["ours"] is None

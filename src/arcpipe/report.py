@@ -111,17 +111,34 @@ def measured_numbers(name: str, m: dict[str, Any]) -> list[dict[str, Any]]:
                 rows.append({"metric": f"tar@{far:.0e}".replace("e-0", "e-"), "label": f"{title} 1:1 TAR@FAR={far:g}",
                              "ours": _pct(v), "ours_std": None})
     elif name == "megaface":
-        v = _find_key(m, ("id_rank1_refined", "rank1_refined", "identification_rank1"))
-        if v is not None:
-            rows.append({"metric": "id_rank1_refined", "label": "MegaFace rank-1 Id (refined)", "ours": _pct(v), "ours_std": None})
-        v = _find_key(m, ("ver_tar@1e-6_refined", "verification_tar_1e-06"))
-        if v is None:
-            v = _find_rate(m, 1e-6, ("tar", "ver_tar", "tar_at_far"))
-        if v is not None:
-            rows.append({"metric": "ver_tar@1e-6_refined", "label": "MegaFace Ver TAR@FAR=1e-6 (refined)", "ours": _pct(v), "ours_std": None})
+        rows.extend(_megaface_rows(m))
     elif name == "ytf":
         v = m.get("acc_mean", _find_key(m, ("acc_mean", "accuracy", "acc")))
         rows.append({"metric": "acc", "label": "YTF accuracy", "ours": _pct(v), "ours_std": _pct(m.get("acc_std"))})
+    return rows
+
+
+def _megaface_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rank-1 Id and TAR@FAR=1e-6 at the largest distractor count, refined when it was run."""
+    res = m.get("metrics", m)
+    if not isinstance(res, dict):
+        return []
+    mode = "refined" if isinstance(res.get("refined"), dict) and res["refined"] else "raw"
+    by_size = res.get(mode)
+    if not isinstance(by_size, dict) or not by_size:
+        return []
+    size = max(by_size, key=lambda k: int(k) if str(k).isdigit() else -1)
+    r = by_size[size]
+    note = f"{int(size):,} distractors" + ("" if mode == "refined" else ", raw lists (no noise lists given)")
+    rows = []
+    rank1 = (r.get("rank") or {}).get("1")
+    if rank1 is not None:
+        rows.append({"metric": "id_rank1_refined" if mode == "refined" else "id_rank1_raw",
+                     "label": f"MegaFace rank-1 Id ({mode})", "ours": _pct(rank1), "ours_std": None, "note": note})
+    tar = _find_rate(r, 1e-6, ("tar_at_far", "tar"))
+    if tar is not None:
+        rows.append({"metric": "ver_tar@1e-6_refined" if mode == "refined" else "ver_tar@1e-6_raw",
+                     "label": f"MegaFace Ver TAR@FAR=1e-6 ({mode})", "ours": _pct(tar), "ours_std": None, "note": note})
     return rows
 
 
@@ -173,7 +190,7 @@ def build_rows(metrics: dict[str, dict[str, Any]], paper: Iterable[PaperNumber] 
 
 def _row(name, r, p: Optional[PaperNumber], other: list[PaperNumber], model: str, data: str, sha: str) -> dict[str, Any]:
     ours = r["ours"]
-    notes = []
+    notes = [r["note"]] if r.get("note") else []
     if p is not None and p.note:
         notes.append(p.note)
     for o in other:

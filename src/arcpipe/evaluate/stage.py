@@ -13,7 +13,7 @@ the previous ones untouched):
                                   run_<bench>(section, embedder, ctx) returns, plus the
                                   model identity. A key "plots" in that dict ({plot name:
                                   {column: list} or [row dicts]}) is taken out and written
-                                  as plots/<plot name>.csv.
+                                  as plots/<plot name>_<bench>.csv (e.g. roc_ijbc.csv).
     <metrics_dir>/summary.json    the stage summary (counts, seconds, params digest)
     <plots_dir>/roc_<name>.csv    the verification ROC averaged over folds: threshold,fpr,tpr
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ from .verification import evaluate_embeddings
 __all__ = ["run_evaluate", "decode_bin_images", "embed_bins", "verify_bin", "write_csv", "BENCHES"]
 
 DECODE_CHUNK = 1024
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # params section name -> (module, function) of the other benchmarks
 BENCHES = {
@@ -172,11 +174,16 @@ def run_evaluate(ctx) -> dict[str, Any]:
         for section in benches:
             fn = _bench_function(section)
             result = dict(fn(getattr(p, section), embedder, ctx) or {})
+            name = str(result.get("benchmark") or _bench_name(section, getattr(p, section)))
+            if not _SAFE_NAME.match(name) or name == "summary" or name in p.verification:
+                raise PipelineError(f"evaluate.{section}: benchmark name {name!r} cannot name its metrics file "
+                                    "(clashes with a verification set, or not a plain name)")
+            result["benchmark"] = name
             plots = result.pop("plots", None) or {}
             for plot_name, columns in plots.items():
-                write_csv(ptmp / f"{plot_name}.csv", columns)
-            name = _bench_name(section, getattr(p, section))
-            result.setdefault("benchmark", name)
+                plot_file = f"{plot_name}_{name}.csv"
+                write_csv(ptmp / plot_file, columns)
+                result.setdefault("plot_files", []).append(str(plots_dir / plot_file))
             result["model"] = identity
             write_json_atomic(mtmp / f"{name}.json", result)
             counts["benchmarks"].append(name)
