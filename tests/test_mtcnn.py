@@ -1,0 +1,277 @@
+"""Our MTCNN on real photographs shipped with pip packages (insightface, scikit-image, matplotlib).
+
+Ground truth for warped copies = our detection on the original, mapped through the known warp.
+The comparison with facenet-pytorch itself needs a side venv and lives in benchmarks/bench_detect.py
+(and in test_reference_parity below, which skips when that venv is absent).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from arcpipe.detect import MTCNN, Detections, choose_face, face_choice_scores, preset_for
+from arcpipe.detect import weights as W
+from arcpipe.detect.photos import all_photos
+from arcpipe.errors import PipelineError
+
+REPO = Path(__file__).resolve().parents[1]
+
+try:
+    W.find_weights_dir()
+    HAVE_WEIGHTS = True
+except PipelineError:
+    HAVE_WEIGHTS = False
+needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="MTCNN weights absent: pip install --no-deps facenet-pytorch==2.6.0")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return all_photos()
+
+
+@pytest.fixture(scope="module")
+def lfw_mtcnn():
+    p = preset_for("lfw")
+    return MTCNN(minsize=p.minsize, thresholds=p.thresholds, factor=p.factor)
+
+
+@pytest.fixture(scope="module")
+def originals(photos, lfw_mtcnn):
+    return dict(zip(photos, lfw_mtcnn.detect(list(photos.values()))))
+
+
+def _iod(lm: np.ndarray) -> float:
+    return float(np.linalg.norm(lm[0] - lm[1]))
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+@needs_weights
+def test_weights_are_the_pinned_files():
+    d = W.find_weights_dir()
+    for name in W.NETS:
+        assert W._sha256(d / f"{name}.pt") == W.SHA256[name]
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path):
+    with pytest.raises(PipelineError, match="pip install --no-deps facenet-pytorch==2.6.0"):
+        W.load_state_dicts(tmp_path)
+
+
+@needs_weights
+def test_tampered_weights_are_refused(tmp_path):
+    d = W.find_weights_dir()
+    for name in W.NETS:
+        shutil.copy(d / f"{name}.pt", tmp_path / f"{name}.pt")
+    data = bytearray((tmp_path / "rnet.pt").read_bytes())
+    data[-100] ^= 1
+    (tmp_path / "rnet.pt").write_bytes(bytes(data))
+    with pytest.raises(PipelineError, match=r"rnet\.pt: sha256"):
+        W.load_state_dicts(tmp_path)
+
+
+@needs_weights
+def test_weights_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv(W.ENV_VAR, str(tmp_path))
+    with pytest.raises(PipelineError, match=str(tmp_path)):
+        W.find_weights_dir()
+
+
+# --- detection on real photos ---------------------------------------------------------------
+
+
+def _check_geometry(d: Detections, shape) -> None:
+    h, w = shape[:2]
+    assert d.boxes.dtype == np.float32 and d.scores.dtype == np.float32 and d.landmarks.dtype == np.float32
+    assert d.boxes.shape == (len(d), 4) and d.landmarks.shape == (len(d), 5, 2)
+    assert np.all(np.diff(d.scores) <= 0), "faces are ordered by descending score"
+    for box, lm in zip(d.boxes, d.landmarks):
+        x1, y1, x2, y2 = box
+        assert x2 > x1 and y2 > y1
+        assert np.all((lm[:, 0] > x1) & (lm[:, 0] < x2) & (lm[:, 1] > y1) & (lm[:, 1] < y2)), "landmarks inside the box"
+        # upright faces: eyes above nose above mouth; image-left eye/mouth corner first
+        assert lm[0, 1] < lm[2, 1] < lm[3, 1] and lm[1, 1] < lm[2, 1] < lm[4, 1]
+        assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]
+        assert -0.5 * (x2 - x1) < x1 and x2 < w + 0.5 * (x2 - x1)
+
+
+@needs_weights
+def test_group_photo_has_six_faces(photos, originals):
+    d = originals["t1"]
+    assert len(d) == 6
+    assert d.scores.min() > 0.9
+    _check_geometry(d, photos["t1"].shape)
+    # six different people: no two boxes overlap
+    b = d.boxes
+    for i in range(6):
+        for j in range(i + 1, 6):
+            iw = min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])
+            ih = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
+            assert iw <= 0 or ih <= 0
+
+
+@needs_weights
+@pytest.mark.parametrize("name", ["tom_hanks", "astronaut", "grace_hopper"])
+def test_portraits_have_one_face(photos, originals, name):
+    d = originals[name]
+    assert len(d) == 1 and d.scores[0] > 0.95
+    _check_geometry(d, photos[name].shape)
+    side = d.boxes[0, 2] - d.boxes[0, 0]
+    assert 0.3 * side < _iod(d.landmarks[0]) < 0.7 * side
+
+
+def _warp(img: np.ndarray, angle: float, scale: float, flip: bool):
+    """Rotate/scale (and mirror) about the centre onto a canvas that holds the whole result."""
+    h, w = img.shape[:2]
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    if flip:
+        M = M @ np.array([[-1, 0, w - 1], [0, 1, 0], [0, 0, 1]], float)
+    corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], float) @ M[:, :2].T + M[:, 2]
+    lo, hi = corners.min(0), corners.max(0)
+    M[:, 2] -= lo - 8
+    size = tuple(int(v) for v in np.ceil(hi - lo + 16))
+    return cv2.warpAffine(img, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT), M
+
+
+WARPS = [(7.0, 0.9, False), (-9.0, 1.15, False), (0.0, 1.0, True), (5.0, 1.05, True)]
+
+
+@needs_weights
+@pytest.mark.parametrize("angle,scale,flip", WARPS)
+def test_warped_copies_find_every_face_with_landmarks(photos, originals, lfw_mtcnn, angle, scale, flip):
+    names = list(photos)
+    warped = [_warp(photos[n], angle, scale, flip) for n in names]
+    dets = lfw_mtcnn.detect([wi for wi, _ in warped])
+    for name, (wi, M), d in zip(names, warped, dets):
+        gt = originals[name].landmarks @ M[:, :2].T + M[:, 2]
+        if flip:  # mirrored: the image-left eye is now the other eye
+            gt = gt[:, [1, 0, 2, 4, 3]]
+        assert len(d) >= len(gt)
+        for g in gt:
+            err = np.linalg.norm(d.landmarks - g[None], axis=2)  # (N, 5)
+            j = int(err.mean(1).argmin())
+            iod = _iod(g)
+            assert err[j].mean() <= 0.1 * iod + 1.5, (name, err[j], iod)
+            assert err[j].max() <= 0.25 * iod + 2.0, (name, err[j], iod)
+
+
+@needs_weights
+def test_batching_gives_the_same_result_as_one_by_one(photos, lfw_mtcnn):
+    rng = np.random.default_rng(1)
+    imgs = list(photos.values())
+    # several sizes, some repeated, so that P-Net sees both stacked and padded levels
+    imgs += [cv2.resize(imgs[2], (300, 260)), cv2.resize(imgs[3], (250, 250)), cv2.resize(imgs[3], (250, 250))[:, ::-1].copy()]
+    imgs += [rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)]
+    batch = lfw_mtcnn.detect(imgs)
+    for img, db in zip(imgs, batch):
+        d1 = lfw_mtcnn.detect_one(img)
+        assert len(d1) == len(db)
+        np.testing.assert_allclose(db.boxes, d1.boxes, atol=1e-3)
+        np.testing.assert_allclose(db.landmarks, d1.landmarks, atol=1e-3)
+        np.testing.assert_allclose(db.scores, d1.scores, atol=1e-5)
+
+
+@needs_weights
+def test_deterministic(photos, originals, lfw_mtcnn):
+    again = lfw_mtcnn.detect(list(photos.values()))
+    for name, d in zip(photos, again):
+        np.testing.assert_array_equal(d.boxes, originals[name].boxes)
+        np.testing.assert_array_equal(d.landmarks, originals[name].landmarks)
+
+
+@needs_weights
+@pytest.mark.parametrize("minsize", [20, "fifth"])
+def test_tiny_images_give_no_faces(minsize):
+    m = MTCNN(minsize=minsize)
+    shapes = [(1, 1), (2, 3), (11, 11), (12, 12), (19, 40), (5, 300)]
+    imgs = [np.full(s + (3,), 128, np.uint8) for s in shapes]
+    for d in m.detect(imgs):
+        assert len(d) == 0 and d.boxes.shape == (0, 4) and d.landmarks.shape == (0, 5, 2)
+    assert m.detect([]) == []
+
+
+@needs_weights
+def test_faces_smaller_than_minsize_are_not_searched(photos):
+    img = photos["astronaut"]
+    assert len(MTCNN(minsize=20).detect_one(img)) == 1
+    # the astronaut's face is about 90 px wide; at minsize 400 the pyramid starts below it
+    assert len(MTCNN(minsize=400).detect_one(img)) == 0
+
+
+@needs_weights
+def test_bad_input_is_refused():
+    m = MTCNN()
+    with pytest.raises(ValueError, match="image 1"):
+        m.detect([np.zeros((30, 30, 3), np.uint8), np.zeros((30, 30), np.uint8)])
+    with pytest.raises(ValueError, match="uint8"):
+        m.detect_one(np.zeros((30, 30, 3), np.float32))
+
+
+# --- the face-choice rule -------------------------------------------------------------------
+
+
+def test_choose_face_rule_by_hand():
+    shape = (200, 300, 3)  # centre (150, 100)
+    boxes = np.array([
+        [130, 80, 170, 120],  # 40x40 at the centre: 1600
+        [0, 0, 100, 100],  # 100x100, centre (50, 50): 10000 - 2*(100^2 + 50^2) = -15000
+        [140, 60, 200, 120],  # 60x60, centre (170, 90): 3600 - 2*(400 + 100) = 2600
+    ], np.float32)
+    d = Detections(boxes, np.array([0.99, 0.98, 0.97], np.float32), np.zeros((3, 5, 2), np.float32))
+    np.testing.assert_allclose(face_choice_scores(boxes, shape), [1600, -15000, 2600])
+    assert choose_face(d, shape) == 2
+    assert choose_face(Detections.empty(), shape) is None
+
+
+@needs_weights
+def test_choose_face_on_group_photo(photos, originals):
+    img, d = photos["t1"], originals["t1"]
+    h, w = img.shape[:2]
+    best = max(range(len(d)), key=lambda i: (d.boxes[i, 2] - d.boxes[i, 0]) * (d.boxes[i, 3] - d.boxes[i, 1])
+               - 2 * (((d.boxes[i, 0] + d.boxes[i, 2]) / 2 - w / 2) ** 2 + ((d.boxes[i, 1] + d.boxes[i, 3]) / 2 - h / 2) ** 2))
+    assert choose_face(d, img.shape) == best
+    # crop around another face: the rule now prefers that one
+    other = (best + 1) % len(d)
+    x1, y1, x2, y2 = d.boxes[other].astype(int)
+    pad = (x2 - x1)
+    crop = img[max(y1 - pad, 0):y2 + pad, max(x1 - pad, 0):x2 + pad]
+    dc = MTCNN(minsize=20, thresholds=(0.6, 0.7, 0.9), factor=0.85).detect_one(np.ascontiguousarray(crop))
+    k = choose_face(dc, crop.shape)
+    cx, cy = (dc.boxes[k, 0] + dc.boxes[k, 2]) / 2, (dc.boxes[k, 1] + dc.boxes[k, 3]) / 2
+    assert abs(cx - crop.shape[1] / 2) < pad and abs(cy - crop.shape[0] / 2) < pad
+
+
+# --- parity with facenet-pytorch (side venv; skipped when absent) ---------------------------
+
+
+REF_PYTHON = os.environ.get("ARCPIPE_FNP_PYTHON", "/tmp/venv-fnp/bin/python")
+
+
+@pytest.mark.reference
+@needs_weights
+@pytest.mark.skipif(not Path(REF_PYTHON).exists(), reason=f"no facenet-pytorch side venv at {REF_PYTHON} (set ARCPIPE_FNP_PYTHON)")
+def test_reference_parity(photos, tmp_path):
+    imgs = list(photos.values()) + [_warp(photos["t1"], 6.0, 0.8, True)[0]]
+    np.savez(tmp_path / "in.npz", **{f"img{i:04d}": im for i, im in enumerate(imgs)})
+    for ms, th, f in [(20, (0.6, 0.7, 0.9), 0.85), (20, (0.6, 0.7, 0.8), 0.709)]:
+        subprocess.run([REF_PYTHON, str(REPO / "benchmarks/reference/fnp_detect.py"), "--images", str(tmp_path / "in.npz"),
+                        "--out", str(tmp_path / "out.npz"), "--minsize", str(ms), "--thresholds", *map(str, th),
+                        "--factor", str(f), "--warmup", "0", "--threads", "1"], check=True, capture_output=True)
+        ref = np.load(tmp_path / "out.npz")
+        ours = MTCNN(minsize=ms, thresholds=th, factor=f).detect(imgs)
+        off = 0
+        for d, c in zip(ours, ref["counts"]):
+            rb, rl = ref["boxes"][off:off + c], ref["landmarks"][off:off + c]
+            off += c
+            assert len(d) == c
+            for box, lm in zip(d.boxes, d.landmarks):
+                j = int(np.abs(rb - box).max(1).argmin())
+                assert np.abs(rb[j] - box).max() < 1.0 and np.abs(rl[j] - lm).max() < 1.0
