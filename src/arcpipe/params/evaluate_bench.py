@@ -54,6 +54,7 @@ class MegaFaceParams(Section):
     distractor_set: str                         # aligned set dir of the distractors
     facescrub_noises: Optional[str] = None      # one FaceScrub image name per line ('#' comments)
     megaface_noises: Optional[str] = None       # one distractor path per line ('#' comments)
+    flip: bool = True                           # feature = emb(img) + emb(flipped img), then L2-normalised
     sizes: list[PositiveInt] = Field(default_factory=lambda: [10, 100, 1000, 10000, 100000, 1000000])
     fars: list[float] = Field(default_factory=lambda: [1e-6])
     ranks: list[PositiveInt] = Field(default_factory=lambda: [1, 10])
@@ -71,5 +72,6 @@ class YTFParams(Section):
 
     frames: str                                 # aligned set dir; its manifest `source` is <video>/<frame>
     pairs: str                                  # splits.txt: split, video1, video2, match, same
+    flip: bool = True                           # frame feature = emb(img) + emb(flipped img)
     normalize_frames: bool = True               # L2-normalise each frame feature before the mean
     max_frames: Optional[PositiveInt] = None    # use at most N frames per video (evenly spaced)
