@@ -7,7 +7,6 @@ import pytest
 
 from arcpipe.evaluate.verification import (
     ACC_THRESHOLDS,
-    VAL_THRESHOLDS,
     evaluate_distances,
     evaluate_embeddings,
     kfold_splits,
