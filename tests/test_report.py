@@ -108,8 +108,8 @@ def test_bad_metrics_file_names_the_file(tmp_path, monkeypatch, capsys):
     assert "metrics folder does not exist" in capsys.readouterr().err
 
 
-def test_benchmark_shapes_of_ijb_and_megaface(tmp_path):
-    """The dicts the IJB and MegaFace runners return (metrics nested under 'metrics')."""
+def test_benchmark_shapes_of_ijb_megaface_ytf(tmp_path):
+    """The dicts the IJB, MegaFace and YTF runners return (metrics nested under 'metrics')."""
     ijbc = {"benchmark": "ijbc", "metrics": {"target": "IJBC", "verification": {
         "tar_at_far": {"1e-06": 0.80, "1e-05": 0.90, "0.0001": 0.961, "0.001": 0.97}, "pairs": 100}}}
     mf = {"benchmark": "megaface", "metrics": {
@@ -117,7 +117,10 @@ def test_benchmark_shapes_of_ijb_and_megaface(tmp_path):
                 "1000000": {"rank": {"1": 0.97}, "tar_at_far": {"1e-06": 0.975}}},
         "refined": {"10": {"rank": {"1": 0.6}, "tar_at_far": {"1e-06": 0.5}},
                     "1000000": {"rank": {"1": 0.9841}, "tar_at_far": {"1e-06": 0.9852}}}}}
-    rows = {(r["benchmark"], r["metric"]): r for r in build_rows({"ijbc": ijbc, "megaface": mf})}
+    ytf = {"benchmark": "ytf", "metrics": {"accuracy": 0.9801, "accuracy_std": 0.004, "pairs": 5000}}
+    rows = {(r["benchmark"], r["metric"]): r for r in build_rows({"ijbc": ijbc, "megaface": mf, "ytf": ytf})}
+    assert rows[("ytf", "acc")]["ours"] == pytest.approx(98.01) and rows[("ytf", "acc")]["ours_std"] == pytest.approx(0.4)
+    assert rows[("ytf", "acc")]["paper"] == 98.02
     assert rows[("ijbc", "tar@1e-4")]["ours"] == pytest.approx(96.1) and rows[("ijbc", "tar@1e-4")]["paper"] == 95.6
     assert rows[("ijbc", "tar@1e-6")]["paper"] is None
     idr = rows[("megaface", "id_rank1_refined")]

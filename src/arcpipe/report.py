@@ -113,8 +113,9 @@ def measured_numbers(name: str, m: dict[str, Any]) -> list[dict[str, Any]]:
     elif name == "megaface":
         rows.extend(_megaface_rows(m))
     elif name == "ytf":
-        v = m.get("acc_mean", _find_key(m, ("acc_mean", "accuracy", "acc")))
-        rows.append({"metric": "acc", "label": "YTF accuracy", "ours": _pct(v), "ours_std": _pct(m.get("acc_std"))})
+        v = _find_key(m, ("acc_mean", "accuracy", "acc"))
+        sd = _find_key(m, ("acc_std", "accuracy_std"))
+        rows.append({"metric": "acc", "label": "YTF accuracy", "ours": _pct(v), "ours_std": _pct(sd)})
     return rows
 
 
