@@ -1,0 +1,118 @@
+"""dvc.yaml and the Snakefile describe one DAG: same stages, scripts, arguments, inputs, outputs."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dagspec import dvc_stages, script_call, snakemake_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_PREFIXES = ("scripts/", "src/")
+
+
+def _norm(p: str) -> str:
+    return p.rstrip("/")
+
+
+def _within(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith(r + "/") for r in roots)
+
+
+@pytest.fixture(scope="module")
+def both():
+    dvc = dvc_stages(REPO)
+    jobs = [j for j in snakemake_jobs(REPO) if j["shell"]]
+    return dvc, jobs
+
+
+def _stage_name(job) -> str:
+    base = re.sub(r"_part$", "", job["rule"])
+    ds = job["wildcards"].get("dataset")
+    return f"{base}@{ds}" if ds else base
+
+
+def test_same_stages(both):
+    dvc, jobs = both
+    assert {_stage_name(j) for j in jobs} == set(dvc)
+
+
+def test_same_scripts_and_arguments(both):
+    dvc, jobs = both
+    for j in jobs:
+        if j["rule"].endswith("_part"):
+            continue
+        name = _stage_name(j)
+        assert script_call(j["shell"]) == script_call(dvc[name]["cmd"]), name
+
+
+def test_same_outputs(both):
+    dvc, jobs = both
+    for j in jobs:
+        name = _stage_name(j)
+        outs = {_norm(o) for o in j["output"]}
+        if j["rule"].endswith("_part"):
+            continue  # parts are a resume cache inside the stage's folder, undeclared in DVC
+        assert outs == dvc[name]["outs"], name
+
+
+def test_data_inputs_agree(both):
+    """Every DVC data dependency is a Snakemake input (or lies inside one, e.g. the sample folder)."""
+    dvc, jobs = both
+    by_stage: dict[str, set[str]] = {}
+    for j in jobs:
+        by_stage.setdefault(_stage_name(j), set()).update(_norm(i) for i in j["input"])
+    for name, spec in dvc.items():
+        sm_inputs = by_stage[name]
+        for dep in spec["deps"]:
+            if dep.startswith(CODE_PREFIXES):
+                continue
+            covered = _within(dep, sm_inputs) or any(_within(i, {dep}) for i in sm_inputs)
+            assert covered, f"{name}: DVC dependency {dep} is not a Snakemake input ({sorted(sm_inputs)})"
+        for i in sm_inputs:
+            if i.startswith(CODE_PREFIXES):
+                continue
+            covered = _within(i, spec["deps"]) or any(_within(d, {i}) for d in spec["deps"])
+            assert covered, f"{name}: Snakemake input {i} is not a DVC dependency"
+
+
+def test_params_sections_agree():
+    """Each Snakemake rule passes (at least) the params sections that the DVC stage tracks."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    smk = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+    for name, stage in dvc_yaml["stages"].items():
+        body = stage.get("do", stage)
+        sections = {str(p).split(".")[0] for p in body.get("params", [])}
+        rule = re.search(rf"^rule {name}:\n(.*?)(?=^rule |\Z)", smk, re.S | re.M)
+        assert rule, f"no Snakemake rule {name}"
+        for sec in sections:
+            assert re.search(rf'config\["{sec}"\]', rule.group(1).split("log:")[0]), f"rule {name} lacks params {sec}"
+
+
+def test_scripts_listed_as_inputs(both):
+    _, jobs = both
+    for j in jobs:
+        script, _ = script_call(j["shell"])
+        assert script in j["input"], f"{j['rule']}: {script} should be an input so code changes rerun it"
+
+
+def test_shards_become_jobs(tmp_path):
+    variant = tmp_path / "v.yaml"
+    variant.write_text(yaml.safe_dump({"detect": {"shards": 3}, "align": {"shards": 2}}))
+    jobs = snakemake_jobs(REPO, "--configfile", str(variant))
+    parts = [j for j in jobs if j["rule"] == "detect_part" and j["wildcards"]["dataset"] == "train"]
+    assert sorted(j["wildcards"]["i"] for j in parts) == ["00000", "00001", "00002"]
+    assert all("--shard" in j["shell"] for j in parts)
+    align_parts = [j for j in jobs if j["rule"] == "align_part" and j["wildcards"]["dataset"] == "lfw"]
+    assert len(align_parts) == 2
+
+
+def test_snakemake_refuses_bad_config_in_one_line(tmp_path):
+    variant = tmp_path / "v.yaml"
+    variant.write_text(yaml.safe_dump({"align": {"image_sise": 112}}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(variant)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "align.image_sise: unknown key" in r.stdout + r.stderr

@@ -1,0 +1,148 @@
+# sample -> detect -> align -> pack / evalpack. Large stages shard: with <stage>.shards = K > 1,
+# one job per shard (`--shard I/K`) writes a part, and the job without --shard merges the parts.
+
+DETECT = config["detect"]["out_dir"]
+ALIGN = config["align"]["out_dir"]
+
+
+wildcard_constraints:
+    dataset="[^/]+",
+    i=r"\d{5}",
+    k=r"\d{5}",
+
+
+def source_of(dataset):
+    """A data set's raw input; inside the sample's folder it is the sample rule's output."""
+    src = config["detect"]["datasets"][dataset]["source"].rstrip("/")
+    sample = config["sample"]["out_dir"].rstrip("/")
+    return sample if src == sample or src.startswith(sample + "/") else src
+
+
+def _parts(stage_dir, shards):
+    def parts(wildcards):
+        if shards <= 1:
+            return []
+        return [f"{stage_dir}/{wildcards.dataset}/parts/part-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
+
+    return parts
+
+
+rule sample:
+    input:
+        script="scripts/sample.py",
+        code="src/arcpipe/sample",
+    output:
+        directory(config["sample"]["out_dir"]),
+    params:
+        sample=config["sample"],
+    log:
+        "logs/snakemake/sample.log",
+    shell:
+        "{PY} scripts/sample.py --params {PARAMS_FILE} > {log} 2>&1"
+
+
+rule detect_part:
+    input:
+        script="scripts/detect.py",
+        source=lambda w: source_of(w.dataset),
+    output:
+        f"{DETECT}/{{dataset}}/parts/part-{{i}}-of-{{k}}.parquet",
+    params:
+        detect=config["detect"],
+        shard=lambda w: f"{int(w.i)}/{int(w.k)}",
+    threads: config["detect"]["workers"]
+    log:
+        "logs/snakemake/detect_{dataset}_{i}_of_{k}.log",
+    shell:
+        "{PY} scripts/detect.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "--shard {params.shard} --workers {threads} > {log} 2>&1"
+
+
+rule detect:
+    input:
+        script="scripts/detect.py",
+        source=lambda w: source_of(w.dataset),
+        parts=_parts(DETECT, config["detect"]["shards"]),
+    output:
+        manifest=f"{DETECT}/{{dataset}}/manifest.parquet",
+        summary=f"{DETECT}/{{dataset}}/summary.json",
+    params:
+        detect=config["detect"],
+    threads: config["detect"]["workers"]
+    log:
+        "logs/snakemake/detect_{dataset}.log",
+    shell:
+        "{PY} scripts/detect.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "--workers {threads} > {log} 2>&1"
+
+
+rule align_part:
+    input:
+        script="scripts/align.py",
+        detect=f"{DETECT}/{{dataset}}/manifest.parquet",
+        source=lambda w: source_of(w.dataset),
+    output:
+        f"{ALIGN}/{{dataset}}/parts/part-{{i}}-of-{{k}}.parquet",
+    params:
+        align=config["align"],
+        dataset=lambda w: config["detect"]["datasets"][w.dataset],
+        shard=lambda w: f"{int(w.i)}/{int(w.k)}",
+    threads: config["align"]["workers"]
+    log:
+        "logs/snakemake/align_{dataset}_{i}_of_{k}.log",
+    shell:
+        "{PY} scripts/align.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "--shard {params.shard} --workers {threads} > {log} 2>&1"
+
+
+rule align:
+    input:
+        script="scripts/align.py",
+        detect=f"{DETECT}/{{dataset}}/manifest.parquet",
+        source=lambda w: source_of(w.dataset),
+        parts=_parts(ALIGN, config["align"]["shards"]),
+    output:
+        rec=f"{ALIGN}/{{dataset}}/faces.rec",
+        idx=f"{ALIGN}/{{dataset}}/faces.idx",
+        manifest=f"{ALIGN}/{{dataset}}/manifest.parquet",
+        sheet=f"{ALIGN}/{{dataset}}/contact_sheet.jpg",
+        summary=f"{ALIGN}/{{dataset}}/summary.json",
+    params:
+        align=config["align"],
+        dataset=lambda w: config["detect"]["datasets"][w.dataset],
+        max_pixels=config["detect"].get("max_pixels"),
+    threads: config["align"]["workers"]
+    log:
+        "logs/snakemake/align_{dataset}.log",
+    shell:
+        "{PY} scripts/align.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "--workers {threads} > {log} 2>&1"
+
+
+rule pack:
+    input:
+        script="scripts/pack.py",
+        rec=f"{ALIGN}/{config['pack']['dataset']}/faces.rec",
+        manifest=f"{ALIGN}/{config['pack']['dataset']}/manifest.parquet",
+    output:
+        directory(config["pack"]["out_dir"]),
+    params:
+        pack=config["pack"],
+    log:
+        "logs/snakemake/pack.log",
+    shell:
+        "{PY} scripts/pack.py --params {PARAMS_FILE} > {log} 2>&1"
+
+
+rule evalpack:
+    input:
+        script="scripts/evalpack.py",
+        aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
+    output:
+        directory(config["evalpack"]["out_dir"]),
+    params:
+        evalpack=config["evalpack"],
+    log:
+        "logs/snakemake/evalpack.log",
+    shell:
+        "{PY} scripts/evalpack.py --params {PARAMS_FILE} > {log} 2>&1"

@@ -1,0 +1,31 @@
+# evaluate -> report. (train_bootstrap -> clean -> pack_clean -> train come in the next wave.)
+
+
+rule evaluate:
+    input:
+        script="scripts/evaluate.py",
+        evalpack=config["evalpack"]["out_dir"],
+        aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
+    output:
+        metrics=directory(config["evaluate"]["metrics_dir"]),
+        plots=directory(config["evaluate"]["plots_dir"]),
+    params:
+        evaluate=config["evaluate"],
+    log:
+        "logs/snakemake/evaluate.log",
+    shell:
+        "{PY} scripts/evaluate.py --params {PARAMS_FILE} > {log} 2>&1"
+
+
+rule report:
+    input:
+        script="scripts/report.py",
+        metrics=config["evaluate"]["metrics_dir"],
+    output:
+        directory(config["report"]["out_dir"]),
+    params:
+        report=config["report"],
+    log:
+        "logs/snakemake/report.log",
+    shell:
+        "{PY} scripts/report.py --params {PARAMS_FILE} > {log} 2>&1"
