@@ -103,6 +103,11 @@ def test_pooling_scoring_tar_match_slow_definition(keep_norm, use_det):
                            dense_min_density=dens)
         assert np.array_equal(both[:p], both[p:2 * p])
     np.testing.assert_allclose(both[2 * p:], 1.0, atol=1e-6)
+    # gallery x probe structure (templates renumbered by role before tiling)
+    g1 = rng.choice(uniq[::2], 3000)
+    g2 = rng.choice(uniq[1::2], 3000)
+    sb = score_pairs(tf, template_index(uniq, g1), template_index(uniq, g2), tile=8, dense_min_density=0.3)
+    np.testing.assert_allclose(sb, [slow[a] @ slow[b] for a, b in zip(g1, g2)], atol=2e-6)
 
 
 def test_identify_1n_matches_slow_definition():
