@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from pathlib import Path
 import pickle
 import struct
 
@@ -249,3 +250,41 @@ def test_write_images_gives_the_same_bytes_as_write(tmp_path):
             w.write_images([1, 2], [0, 0], [b"a", b"b"])
             w.write_images([2], [0], [b"c"])
     assert not (tmp_path / "c.rec").exists()
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_direct_and_plain_writes_give_the_same_file(tmp_path, where, monkeypatch):
+    import os
+    import tempfile
+
+    from arcpipe import recordio
+
+    monkeypatch.setattr(recordio._RecSink, "CAP", 1 << 20)  # many buffer rotations, small test
+    monkeypatch.setattr(recordio, "_CHUNK_BYTES", 200_000)
+
+    if where == "shm":
+        if not os.path.isdir("/dev/shm"):
+            pytest.skip("no /dev/shm on this machine")
+        base = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: no O_DIRECT, the writer falls back
+    else:
+        base = tmp_path
+    try:
+        rng = np.random.default_rng(11)
+        blob = rng.integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+        sizes = rng.integers(1, 300_000, 70)  # ~10 MB: more than one 8 MiB staging buffer
+        payloads = [blob[:int(n)] for n in sizes]
+        for direct in (True, False):
+            with RecordWriter(base / f"{direct}.rec", direct=direct) as w:
+                w.write_images(range(50), [1.0] * 50, payloads[:50], chunk=7)
+                for k in range(50, 70):
+                    w.write(k, pack(IRHeader(0, 2.0, k, 0), payloads[k]))
+        a, b = (base / "True.rec").read_bytes(), (base / "False.rec").read_bytes()
+        assert len(a) > 8 << 20 and a == b
+        assert (base / "True.idx").read_bytes() == (base / "False.idx").read_bytes()
+        r = RecordReader(base / "True.rec")
+        assert r.unpack(69)[1] == payloads[69] and r.unpack(3)[1] == payloads[3]
+    finally:
+        if where == "shm":
+            import shutil
+
+            shutil.rmtree(base, ignore_errors=True)
