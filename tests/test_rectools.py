@@ -159,6 +159,7 @@ def test_rectool_script(tmp_path):
     st = _tool("stats", rec)
     assert st.returncode == 0 and json.loads(st.stdout)["property"] == [3, 112, 112]
     (tmp_path / "property").unlink()
+    assert any("property file does not exist" in p for p in rectools.verify(tmp_path / "train.rec").problems)
     data = bytearray((tmp_path / "train.rec").read_bytes())
     data[40] ^= 0xFF
     (tmp_path / "train.rec").write_bytes(bytes(data))

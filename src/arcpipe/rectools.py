@@ -198,7 +198,9 @@ def verify(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = Non
 
     # the property file
     prop = Path(property_path) if property_path else rec_path.parent / "property"
-    if prop.exists() or property_path:
+    if not prop.exists() and rep.layout == "insightface":
+        problem(f"{prop}: property file does not exist (an insightface pack needs 'num_classes,H,W' beside it)")
+    elif prop.exists() or property_path:
         try:
             c, _, _ = read_property(prop)
             rep.num_classes = c
