@@ -19,7 +19,7 @@ Protocol (as insightface's arcface_torch/eval_ijbc.py and _evaluation_/ijb/ijb_1
   threshold = the ceil(r * n_probes)-th largest non-mated score, TPIR = fraction of probes whose
   mated score is strictly above it (the 1:N script's rule).
 
-What differs, on purpose: pooling is one sparse product (float64 accumulation) instead of a
+What differs, on purpose: pooling is one sparse product (in the features' precision) instead of a
 Python loop per template and media; pairs are scored by template tiles (a dense product per
 tile that holds many pairs, a gather-and-dot for sparse ones) in float32; a pair naming a
 template with no images is an error naming the pairs file and line (the reference silently
@@ -221,7 +221,7 @@ def pool_templates(
     medias: np.ndarray,
     det_scores: Optional[np.ndarray] = None,
     keep_norm: bool = True,
-    chunk: int = 32768,
+    chunk: int = 65536,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image features (n, D) -> (unique template ids, L2-normalised template features float64).
 
@@ -229,29 +229,31 @@ def pool_templates(
     multiplied by its detector score; then the mean within each (template, media), the sum over
     the template's medias, and an L2 normalisation. All of that is one weighted sparse sum:
     template = sum_i w_i x_i with w_i = score_i / (|x_i| or 1) / count(template_i, media_i),
-    accumulated in float64 chunk by chunk (memory: one chunk in float64 beside the input).
+    one sparse (templates x images) by dense (images x D) product in the features' precision
+    (float32 features: float32 sums, like the reference's np.mean / np.sum on float32), then
+    normalised in float64. No copy of the features is made.
     """
     from scipy import sparse
 
     feats = np.asarray(feats)
+    if feats.dtype not in (np.float32, np.float64):
+        feats = feats.astype(np.float32)
     n, d = feats.shape
     if len(templates) != n or len(medias) != n:
         raise ValueError(f"{n} features but {len(templates)} template and {len(medias)} media ids")
     uniq_t, t_idx, w = media_weights(templates, medias)
     if det_scores is not None:
         w = w * np.asarray(det_scores, dtype=np.float64)
-    out = np.zeros((uniq_t.size, d), dtype=np.float64)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        x = feats[s:e].astype(np.float64)
-        ws = w[s:e]
-        if not keep_norm:
-            nrm = np.sqrt(np.einsum("ij,ij->i", x, x))
-            ws = ws / np.where(nrm > 0, nrm, 1.0)
-        m = sparse.csr_matrix((ws, (t_idx[s:e], np.arange(e - s))), shape=(uniq_t.size, e - s))
-        out += m @ x
-    nrm = np.sqrt(np.einsum("ij,ij->i", out, out))
-    out /= np.where(nrm > 0, nrm, 1.0)[:, None]
+    if not keep_norm:
+        nrm = np.empty(n, dtype=np.float64)
+        for s in range(0, n, chunk):
+            x = feats[s:s + chunk]
+            nrm[s:s + chunk] = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        w = w / np.where(nrm > 0, nrm, 1.0)
+    m = sparse.csr_matrix((w.astype(feats.dtype), (t_idx, np.arange(n))), shape=(uniq_t.size, n))
+    out = np.asarray(m @ feats, dtype=np.float64)
+    nrm_t = np.sqrt(np.einsum("ij,ij->i", out, out))
+    out /= np.where(nrm_t > 0, nrm_t, 1.0)[:, None]
     return uniq_t, out
 
 

@@ -58,7 +58,7 @@ class MegaFaceParams(Section):
     sizes: list[PositiveInt] = Field(default_factory=lambda: [10, 100, 1000, 10000, 100000, 1000000])
     fars: list[float] = Field(default_factory=lambda: [1e-6])
     ranks: list[PositiveInt] = Field(default_factory=lambda: [1, 10])
-    chunk: PositiveInt = 65536                  # distractors scored per step (memory bound)
+    chunk: PositiveInt = 16384                  # distractors per step: memory ~ 3 x probes x chunk x 4 bytes
     seed: int = 0                               # noisy probes: centre + uniform(-1e-3, 1e-3) noise
 
     @field_validator("fars")
