@@ -235,6 +235,14 @@ def test_run_ijb_end_to_end_and_bad_landmark_row(tmp_path):
         run_ijb(params.model_copy(update={"on_bad_row": "error"}), _MeanColour())
 
 
+def test_template_index_lookup_table_and_search_agree():
+    for uniq in (np.array([3, 7, 10]), np.array([-4, 7, 10 ** 12])):
+        assert template_index(uniq, uniq[[2, 0, 1, 1]]).tolist() == [2, 0, 1, 1]
+        for bad in (11, -1, 5, 10 ** 13):
+            with pytest.raises(PipelineError, match=f"template {bad} "):
+                template_index(uniq, np.array([uniq[0], bad]), "p.txt")
+
+
 def test_pair_with_unknown_template_is_an_error(tmp_path):
     root = tmp_path / "IJBS"
     _write_ijb(root)

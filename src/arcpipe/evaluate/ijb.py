@@ -265,6 +265,12 @@ def template_index(uniq_t: np.ndarray, ids: np.ndarray, where: str = "pairs") ->
     if uniq_t.size == 0:
         pos_c = np.zeros(ids.shape, dtype=np.int64)
         missing = np.ones(ids.shape, dtype=bool)
+    elif 0 <= uniq_t[0] and uniq_t[-1] < max(1 << 24, 8 * uniq_t.size):
+        # small non-negative ids (IJB's are < 200,000): a lookup table, one pass
+        lut = np.full(int(uniq_t[-1]) + 2, -1, dtype=np.int32)
+        lut[uniq_t] = np.arange(uniq_t.size, dtype=np.int32)
+        pos_c = lut[np.clip(ids, -1, uniq_t[-1] + 1)]
+        missing = pos_c < 0
     else:
         pos_c = np.minimum(np.searchsorted(uniq_t, ids), uniq_t.size - 1)
         missing = uniq_t[pos_c] != ids
@@ -297,8 +303,10 @@ def score_pairs(
     nt = np.asarray(tfeats).shape[0]
     # Renumber templates by role (only first in a pair, both, only second): IJB's pairs are
     # gallery x probe, and with the gallery numbered first they fill a few tiles densely.
-    left = np.bincount(i1, minlength=nt) > 0
-    right = np.bincount(i2, minlength=nt) > 0
+    left = np.zeros(nt, dtype=bool)
+    left[i1] = True
+    right = np.zeros(nt, dtype=bool)
+    right[i2] = True
     role = np.where(left & ~right, 0, np.where(left & right, 1, np.where(right, 2, 3)))
     perm = np.argsort(role, kind="stable")
     inv = np.empty(nt, dtype=np.int32)
