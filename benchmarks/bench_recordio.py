@@ -8,7 +8,8 @@ scalar labels, and write .rec + .idx with keys 0..n-1:
               with durable=True. mxnet: write_idx(key, pack(IRHeader, payload)) per record.
   random      every key once in a shuffled order, header + payload unpacked.
   sequential  a full scan in file order, header + payload unpacked.
-Best of --repeat runs per side, the sides interleaved so load on the machine hits both.
+Best of --repeat runs per side, the sides interleaved so load on the machine hits both; also
+records per CPU-second (process time, all threads), which a loaded machine disturbs less.
 The mxnet side runs in its own venv ($ARCPIPE_MXNET_PYTHON or .venv-mxnet/bin/python).
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ MX_SIDE = textwrap.dedent('''
     payloads = [distinct[i % len(distinct)] for i in range(n)]
     labels = [float(i // 50) for i in range(n)]
     rec, idx = out_dir + "/mx.rec", out_dir + "/mx.idx"
+    c = time.process_time()
     if task == "write":
         t = time.perf_counter()
         w = mx.recordio.MXIndexedRecordIO(idx, rec, "w")
@@ -72,7 +74,7 @@ MX_SIDE = textwrap.dedent('''
             count += 1
         dt = time.perf_counter() - t
         assert count == n, count
-    print(json.dumps({"seconds": dt, "version": mx.__version__}))
+    print(json.dumps({"seconds": dt, "cpu": time.process_time() - c, "version": mx.__version__}))
 ''')
 
 
@@ -161,19 +163,29 @@ def main() -> int:
                            capture_output=True, text=True, env=env)
         if p.returncode:
             raise SystemExit(f"mxnet side failed:\n{p.stderr[-2000:]}")
-        return json.loads(p.stdout.strip().splitlines()[-1])["seconds"]
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        return out["seconds"], out["cpu"]
 
     rec = work / "ours.rec"
     best: dict[str, float] = {}
 
-    def keep(name: str, dt: float) -> None:
+    best_cpu: dict[str, float] = {}
+
+    def keep(name: str, res) -> None:
+        dt, cpu = res
         best[name] = min(best.get(name, float("inf")), dt)
+        best_cpu[name] = min(best_cpu.get(name, float("inf")), cpu)
+
+    def timed(fn, *args):
+        c = time.process_time()
+        dt = fn(*args)
+        return dt, time.process_time() - c
 
     for _ in range(a.repeat):
         if mx_py:
             keep("mx_write", mx("write"))
-        keep("ours_write", ours_write(rec, payloads, labels, durable=False))
-    keep("ours_write_durable", ours_write(rec, payloads, labels, durable=True))
+        keep("ours_write", timed(ours_write, rec, payloads, labels, False))
+    keep("ours_write_durable", timed(ours_write, rec, payloads, labels, True))
     if mx_py:
         same = (rec.read_bytes() == (work / "mx.rec").read_bytes()
                 and (work / "ours.idx").read_bytes() == (work / "mx.idx").read_bytes())
@@ -181,13 +193,14 @@ def main() -> int:
     for _ in range(a.repeat):
         if mx_py:
             keep("mx_random", mx("random"))
-        keep("ours_random", ours_random(rec, a.n, 0))
+        keep("ours_random", timed(ours_random, rec, a.n, 0))
     for _ in range(a.repeat):
         if mx_py:
             keep("mx_sequential", mx("sequential"))
-        keep("ours_sequential", ours_sequential(rec, a.n))
+        keep("ours_sequential", timed(ours_sequential, rec, a.n))
 
-    print(f"{'task':<22}{'ours rec/s':>14}{'mxnet rec/s':>14}{'ratio':>9}{'target':>9}")
+    print(f"{'task':<22}{'ours rec/s':>14}{'mxnet rec/s':>14}{'ratio':>9}{'target':>9}"
+          f"{'ours rec/cpu-s':>16}{'mxnet rec/cpu-s':>17}{'cpu ratio':>11}")
     rows = [("write", "ours_write", "mx_write", 3.0), ("write (fsync)", "ours_write_durable", "mx_write", None),
             ("random read", "ours_random", "mx_random", 3.0), ("sequential scan", "ours_sequential", "mx_sequential", 2.0)]
     result = {}
@@ -195,8 +208,12 @@ def main() -> int:
         o = a.n / best[ours_k]
         m = a.n / best[mx_k] if mx_k in best else float("nan")
         ratio = o / m if mx_k in best else float("nan")
-        result[label] = {"ours": o, "mxnet": m, "ratio": ratio}
-        print(f"{label:<22}{o:>14,.0f}{m:>14,.0f}{ratio:>9.2f}{(f'>= {target:g}' if target else ''):>9}")
+        oc = a.n / best_cpu[ours_k]
+        mc = a.n / best_cpu[mx_k] if mx_k in best_cpu else float("nan")
+        result[label] = {"ours": o, "mxnet": m, "ratio": ratio, "ours_per_cpu_s": oc, "mxnet_per_cpu_s": mc,
+                         "cpu_ratio": oc / mc}
+        print(f"{label:<22}{o:>14,.0f}{m:>14,.0f}{ratio:>9.2f}{(f'>= {target:g}' if target else ''):>9}"
+              f"{oc:>16,.0f}{mc:>17,.0f}{oc / mc:>11.2f}")
     print(json.dumps(result))
     shutil.rmtree(work, ignore_errors=True)
     return 0
