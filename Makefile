@@ -39,7 +39,7 @@ snakemake: install
 # The mxnet reference for the RecordIO compatibility test: mxnet 1.9.1 imports only beside numpy<1.24.
 # Best effort: where it cannot be built (no wheels for this Python) the test skips and says why.
 $(MXNET_VENV)/bin/python:
-	-$(PYTHON) -m venv $(MXNET_VENV) && $(MXNET_VENV)/bin/pip install --quiet "numpy==1.23.5" "mxnet==1.9.1" \
+	-$(PYTHON) -m venv $(MXNET_VENV) && $(MXNET_VENV)/bin/pip install --quiet "numpy==1.23.5" "mxnet==1.9.1" "opencv-python-headless==4.8.1.78" \
 	  || { echo "mxnet reference not installed: the compatibility test will skip"; rm -rf $(MXNET_VENV); }
 
 mxnet-ref: $(MXNET_VENV)/bin/python

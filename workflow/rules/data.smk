@@ -128,6 +128,7 @@ rule pack:
         directory(config["pack"]["out_dir"]),
     params:
         pack=config["pack"],
+        align_quality=config["align"]["jpeg_quality"],
     log:
         "logs/snakemake/pack.log",
     shell:

@@ -25,6 +25,7 @@ rule report:
         directory(config["report"]["out_dir"]),
     params:
         report=config["report"],
+        metrics_dir=config["evaluate"]["metrics_dir"],
     log:
         "logs/snakemake/report.log",
     shell:
