@@ -116,3 +116,15 @@ def test_snakemake_refuses_bad_config_in_one_line(tmp_path):
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0
     assert "align.image_sise: unknown key" in r.stdout + r.stderr
+
+
+def test_tracked_params_are_written_out_in_params_yaml(both):
+    """DVC refuses a stage whose tracked key is only a schema default: params.yaml must spell it out."""
+    dvc, _ = both
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, spec in dvc.items():
+        for key in spec["params"]:
+            node = data
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: params.yaml lacks {key}"
+                node = node[part]
