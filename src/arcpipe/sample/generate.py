@@ -111,9 +111,24 @@ def _recipe(key: str, style: str, *parts: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
-    """Generate everything under `root` (an empty or new directory). Returns the summary counts."""
-    say = log.info if log is not None else (lambda *a: None)
+@dataclass
+class Allocation:
+    """Which identity plays which part (identity keys), before anything is rendered."""
+
+    plan: Plan
+    train: list[str]
+    lfw: list[str]
+    ijb: list[str]
+    megaface: list[str]
+    distractors: list[str]
+    split_idx: list[int]
+    lfw_overlap: list[str]
+    mf_overlap: list[str]
+    rng_noise: np.random.Generator
+
+
+def plan_sample(params: SampleParams) -> Allocation:
+    """Identities for every part; the same params give the same plan (and the same files)."""
     sc = params.scale
     nz = params.noise
     T = scaled(params.identities, sc, 2)
@@ -136,6 +151,7 @@ def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
 
     plan = Plan(params)
     n_bases = len(plan.bases)
+    # distinct bases for every identity while they last (then bases repeat, with other looks)
     order = [int(i) for i in stream(params.seed, "bases").permutation(n_bases)]
     cursor = 0
 
@@ -149,19 +165,30 @@ def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
     lfw_fresh = [plan.new_identity(next_base()) for _ in range(L - o_lfw)]
     ijb_keys = [plan.new_identity(next_base()) for _ in range(S)]
     mf_fresh = [plan.new_identity(next_base()) for _ in range(P - o_mf)]
+    # distractors never reuse an evaluation identity's base: unused bases first, then training ones
     eval_bases = {plan.base_index[k] for k in lfw_fresh + ijb_keys + mf_fresh}
     distractor_bases = [b for b in order[cursor:] if b not in eval_bases] + \
                        [plan.base_index[k] for k in train_keys]
     distractor_bases = list(dict.fromkeys(distractor_bases)) or order
     distractor_keys = [plan.new_identity(distractor_bases[i % len(distractor_bases)]) for i in range(D)]
-    say("plan: %d base faces; %d train, %d LFW, %d IJB, %d FaceScrub, %d distractor identities",
-        n_bases, T, L, S, P, D)
 
     rng_noise = stream(params.seed, "noise")
     picks = [int(i) for i in rng_noise.permutation(T)]
     overlap_idx, split_idx = picks[:overlap], picks[overlap:overlap + n_split]
     lfw_overlap = [train_keys[i] for i in overlap_idx[:o_lfw]]
     mf_overlap = [train_keys[i] for i in overlap_idx[o_lfw:]]
+    return Allocation(plan, train_keys, lfw_overlap + lfw_fresh, ijb_keys, mf_overlap + mf_fresh,
+                      distractor_keys, split_idx, lfw_overlap, mf_overlap, rng_noise)
+
+
+def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
+    """Generate everything under `root` (an empty or new directory). Returns the summary counts."""
+    say = log.info if log is not None else (lambda *a: None)
+    a = plan_sample(params)
+    plan = a.plan
+    n_bases = len(plan.bases)
+    say("plan: %d base faces; %d train, %d LFW, %d IJB, %d FaceScrub, %d distractor identities",
+        n_bases, len(a.train), len(a.lfw), len(a.ijb), len(a.megaface), len(a.distractors))
 
     w = Writer(root)
     noise: list[dict[str, Any]] = []
@@ -170,10 +197,11 @@ def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
         for k, s in plan.specs.items()
     }
 
-    counts_train = _build_train(plan, w, train_keys, split_idx, lfw_overlap, mf_overlap, noise, identities, rng_noise)
-    counts_lfw = _build_lfw(plan, w, lfw_overlap + lfw_fresh, identities)
-    counts_ijb = _build_ijb(plan, w, ijb_keys, identities)
-    counts_mf = _build_megaface(plan, w, mf_overlap + mf_fresh, distractor_keys, noise, identities)
+    counts_train = _build_train(plan, w, a.train, a.split_idx, a.lfw_overlap, a.mf_overlap, noise, identities,
+                                a.rng_noise)
+    counts_lfw = _build_lfw(plan, w, a.lfw, identities)
+    counts_ijb = _build_ijb(plan, w, a.ijb, identities)
+    counts_mf = _build_megaface(plan, w, a.megaface, a.distractors, noise, identities)
 
     for item in noise:
         if item["kind"] == "eval_overlap":
@@ -265,7 +293,8 @@ def _build_train(plan: Plan, w: Writer, keys: list[str], split_idx: list[int], l
         identities[key]["names"]["train_split"] = second
         noise.append({"kind": "split_identity", "part": "train", "true_identity": key,
                       "labels": [label_of[key], second], "filed_identity": second,
-                      "paths": [f"train/folder/{second}/{f.rank:04d}.jpg" for f in files[second]]})
+                      "paths": [f"train/folder/{second}/{f.rank:04d}.jpg" for f in files[second]],
+                      "recipes": [_recipe(key, "ms1m", "train", i) for i in range(n_img // 2, n_img)]})
     for key in lfw_overlap + mf_overlap:
         noise.append({"kind": "eval_overlap", "part": "train", "true_identity": key, "filed_identity": label_of[key],
                       "eval_set": "lfw" if key in lfw_overlap else "megaface"})

@@ -46,8 +46,8 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
 def make_spec(key: str, base: BaseFace, rng: np.random.Generator) -> IdentitySpec:
     """Draw one identity's look. Draw order is fixed: a spec depends only on (rng, base)."""
     mirror = bool(rng.random() < 0.5)
-    aspect = float(np.round(rng.uniform(0.84, 1.16), 4))
-    shear = float(np.round(rng.uniform(-0.08, 0.08), 4))
+    aspect = float(np.round(rng.uniform(0.9, 1.1), 4))
+    shear = float(np.round(rng.uniform(-0.05, 0.05), 4))
     gains = tuple(float(np.round(g, 4)) for g in rng.uniform(0.72, 1.28, size=3))
     gamma = float(np.round(rng.uniform(0.7, 1.4), 4))
     saturation = float(np.round(rng.uniform(0.4, 1.6), 4))

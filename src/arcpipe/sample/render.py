@@ -21,9 +21,9 @@ STYLES = {
     "ms1m": dict(width=(160, 300), ratio=(1.0, 1.15), iod=(0.17, 0.24), jitter=0.05),
     "lfw": dict(width=(250, 250), ratio=(1.0, 1.0), iod=(0.16, 0.19), jitter=0.012),
     # IJB loose crops: tight-ish boxes with a margin, sizes from small to large
-    "ijb": dict(width=(80, 320), ratio=(1.05, 1.3), iod=(0.26, 0.32), jitter=0.03),
+    "ijb": dict(width=(80, 320), ratio=(1.05, 1.3), iod=(0.2, 0.25), jitter=0.03),
     # FaceScrub / MegaFace: larger photos, faces over 100 px (MegaFace's MTCNN minsize)
-    "megaface": dict(width=(240, 380), ratio=(1.0, 1.3), iod=(0.17, 0.22), jitter=0.06),
+    "megaface": dict(width=(280, 400), ratio=(1.0, 1.3), iod=(0.19, 0.24), jitter=0.06),
 }
 
 
@@ -71,7 +71,7 @@ def render_view(canon: np.ndarray, lmk: np.ndarray, style: str, rng: np.random.G
     squeeze = rng.uniform(0.88, 1.0)          # a turned head looks narrower
     gain = rng.uniform(0.7, 1.3)
     gamma = rng.uniform(0.75, 1.35)
-    blur = rng.uniform(0.4, 1.8) if rng.random() < 0.45 else 0.0
+    blur = rng.uniform(0.4, 1.4) if rng.random() < 0.45 else 0.0
     noise = rng.uniform(0.0, 4.0)
     quality = int(rng.integers(72, 96))
 

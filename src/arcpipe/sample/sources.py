@@ -71,6 +71,8 @@ def raw_photos() -> list[tuple[str, np.ndarray, bool]]:
     mpl = _package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg"
     photos.append(("grace_hopper", _read(mpl), False))
     for i, face in enumerate(lfw_subset()[:100]):
+        if i in UNRELIABLE:
+            continue
         photos.append((f"lfw_subset_{i:03d}", _pad_tiny_crop(face), True))
     return photos
 
@@ -85,6 +87,10 @@ def lfw_subset() -> np.ndarray:
 def to_u8(gray01: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(gray01 * 255.0), 0, 255).astype(np.uint8)
 
+
+# lfw_subset crops that MTCNN misses in most generated views (in-plane rotation, blur and the
+# identity looks on top of a 25 px original): measured over the default sample, then left out.
+UNRELIABLE = frozenset({13, 25, 27, 30, 38, 47, 76, 89})
 
 TINY_SCALE = 6      # 25 px crops become 150 px faces
 TINY_PAD = 60       # background around them, so a detector sees a face with context
@@ -122,11 +128,11 @@ def non_face_images() -> list[tuple[str, np.ndarray]]:
 # --------------------------------------------------------------------------------------------
 # Landmarks: the one place that decides where the faces are.
 
-def find_faces(name: str, bgr: np.ndarray, tiny: bool) -> list[tuple[np.ndarray, float]]:
-    """[(landmarks (5, 2) float64 in `bgr`, score)] for the faces in one base photo."""
-    from .landmarks import detect_landmarks
+def find_faces(photos: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
+    """For each BGR photo: [(landmarks (5, 2) float64, score)] of its faces."""
+    from .landmarks import detect_landmarks_batch
 
-    return detect_landmarks(name, bgr, tiny)
+    return detect_landmarks_batch(photos)
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -151,8 +157,8 @@ def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def base_faces() -> tuple[BaseFace, ...]:
     """Every usable real face on the canonical canvas, in a fixed order (cached per process)."""
     faces: list[BaseFace] = []
-    for name, bgr, tiny in raw_photos():
-        found = find_faces(name, bgr, tiny)
+    photos = raw_photos()
+    for (name, bgr, tiny), found in zip(photos, find_faces([p[1] for p in photos])):
         # several faces in one photo (t1): left to right, so names are stable
         found = sorted(found, key=lambda f: float(f[0][:, 0].mean()))
         for k, (lmk, score) in enumerate(found):

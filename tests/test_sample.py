@@ -1,0 +1,322 @@
+"""The embedded sample: deterministic bytes, real-format layouts, and ground truth that matches.
+
+One small sample (scale 0.5) is built three times: seed 0 through the stage script in a fresh
+process, seed 0 again in-process, seed 1 in-process.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from arcpipe.errors import ParamsError
+from arcpipe.params import load_params
+from arcpipe.params.sample import SampleParams
+from arcpipe.sample import GROUND_TRUTH, build, plan_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"scale": 0.5, "megaface_distractors": 24}
+
+
+def _params_file(path: Path, out_dir: Path, **over) -> Path:
+    path.write_text(yaml.safe_dump({"sample": {"out_dir": str(out_dir), **SMALL, **over}}))
+    return path
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "summary.json"}
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sample")
+    a = tmp / "a"
+    pfile = _params_file(tmp / "a.yaml", a)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), "--params", str(pfile)],
+                          cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    b, c = tmp / "b", tmp / "c"
+    b.mkdir()
+    c.mkdir()
+    pa = SampleParams(out_dir=str(b), **SMALL)
+    build(pa, b)
+    pc = SampleParams(out_dir=str(c), seed=1, **SMALL)
+    build(pc, c)
+    return {"a": a, "b": b, "c": c, "params": pa, "stderr": proc.stderr, "cwd": tmp}
+
+
+@pytest.fixture(scope="module")
+def truth(samples):
+    return json.loads((samples["a"] / GROUND_TRUTH).read_text())
+
+
+@pytest.fixture(scope="module")
+def plan(samples):
+    return plan_sample(samples["params"]).plan
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+def test_same_seed_same_bytes_across_processes(samples):
+    da, db = _digests(samples["a"]), _digests(samples["b"])
+    assert len(da) > 200
+    assert da == db
+
+
+def test_other_seed_other_bytes(samples):
+    da, dc = _digests(samples["a"]), _digests(samples["c"])
+    assert da != dc
+    shared = set(da) & set(dc)
+    for rel in ("train/ms1m.tsv", "lfw/pairs.txt", "ijb/IJBS/meta/ijbs_name_5pts_score.txt"):
+        assert da[rel] != dc[rel], rel
+    images = [r for r in shared if r.endswith(".jpg")]
+    assert sum(da[r] != dc[r] for r in images) > 0.9 * len(images)
+
+
+def test_summary_and_log(samples):
+    s = json.loads((samples["a"] / "summary.json").read_text())
+    assert s["stage"] == "sample" and s["seed"] == 0
+    assert s["train"]["images"] == s["train"]["tsv_lines"] == len(list((samples["a"] / "train/folder").rglob("*.jpg")))
+    assert s["lfw"]["images"] == len(list((samples["a"] / "lfw").rglob("*.jpg")))
+    assert s["ijb"]["images"] == len(list((samples["a"] / "ijb/IJBS/loose_crop").glob("*.jpg")))
+    assert "summary:" in samples["stderr"].splitlines()[-1]
+    assert (samples["cwd"] / "logs" / "sample.log").is_file()
+    leftovers = [p.name for p in samples["a"].parent.iterdir() if p.name.startswith(".a.")]
+    assert leftovers == []
+
+
+def test_scale_is_the_size_knob():
+    p = SampleParams(scale=2.0)
+    q = load_params([ROOT / "params.yaml"]).sample
+    assert q.scale == 1.0
+    from arcpipe.sample.generate import scaled
+
+    assert scaled(p.identities, p.scale) == 2 * scaled(q.identities, q.scale)
+
+
+# --- layouts ----------------------------------------------------------------------------------
+
+def test_tsv_is_the_folder(samples, truth):
+    root = samples["a"]
+    faulty = {it["tsv_line"]: it for it in truth["noise"] if it["kind"] == "corrupt"}
+    lines = (root / "train/ms1m.tsv").read_text().splitlines()
+    files = sorted((root / "train/folder").rglob("*.jpg"))
+    assert len(lines) == len(files)
+    for n, (line, f) in enumerate(zip(lines, files), start=1):
+        cols = line.split("\t")
+        assert len(cols) == 7
+        mid, rank, _url, _page, face_id, rect, data = cols
+        assert (mid, int(rank)) == (f.parent.name, int(f.stem)) and mid.startswith("m.0") and face_id == "FaceId-0"
+        x0, y0, x1, y1 = np.frombuffer(base64.b64decode(rect), "<f4")
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        if n in faulty and faulty[n]["tsv_fault"] == "invalid_base64":
+            with pytest.raises(binascii.Error):
+                base64.b64decode(data, validate=True)
+        else:
+            assert base64.b64decode(data, validate=True) == f.read_bytes()
+
+
+def test_lfw_pairs_official_format(samples):
+    root = samples["a"] / "lfw"
+    lines = (root / "pairs.txt").read_text().splitlines()
+    folds, n = map(int, lines[0].split("\t"))
+    assert folds == 10 and len(lines) == 1 + 20 * n
+    for f in range(10):
+        block = [l.split("\t") for l in lines[1 + 2 * n * f: 1 + 2 * n * (f + 1)]]
+        assert all(len(b) == 3 for b in block[:n]) and all(len(b) == 4 for b in block[n:])
+        for b in block:
+            refs = [(b[0], int(b[1])), (b[0], int(b[2]))] if len(b) == 3 else [(b[0], int(b[1])), (b[2], int(b[3]))]
+            if len(b) == 4:
+                assert b[0] != b[2]
+            for name, i in refs:
+                assert (root / name / f"{name}_{i:04d}.jpg").is_file()
+
+
+def test_ijb_meta_consistent(samples):
+    import cv2
+
+    meta = samples["a"] / "ijb/IJBS/meta"
+    crops = samples["a"] / "ijb/IJBS/loose_crop"
+    tid_mid = [l.split(" ") for l in (meta / "ijbs_face_tid_mid.txt").read_text().splitlines()]
+    pts = [l.split(" ") for l in (meta / "ijbs_name_5pts_score.txt").read_text().splitlines()]
+    assert [r[0] for r in tid_mid] == [r[0] for r in pts]
+    assert sorted(p.name for p in crops.glob("*.jpg")) == sorted(r[0] for r in tid_mid)
+    for row in pts[:20]:
+        assert len(row) == 12
+        img = cv2.imread(str(crops / row[0]))
+        lmk = np.array(row[1:11], float).reshape(5, 2)
+        h, w = img.shape[:2]
+        assert (lmk[:, 0] > 0).all() and (lmk[:, 0] < w).all() and (lmk[:, 1] > 0).all() and (lmk[:, 1] < h).all()
+        assert lmk[0, 0] < lmk[1, 0] and lmk[2, 1] < lmk[3, 1]
+        assert 0 < float(row[11]) <= 1
+    subject = {}
+    for name in ("ijbs_1N_gallery_G1.csv", "ijbs_1N_gallery_G2.csv", "ijbs_1N_probe_mixed.csv"):
+        text = (meta / name).read_text().splitlines()
+        assert text[0].startswith("TEMPLATE_ID,SUBJECT_ID,FILENAME")
+        for r in text[1:]:
+            tid, sid = int(r.split(",")[0]), int(r.split(",")[1])
+            assert subject.setdefault(tid, sid) == sid
+    templates = {int(r[1]) for r in tid_mid}
+    assert set(subject) == templates
+    pairs = [tuple(map(int, l.split(" "))) for l in (meta / "ijbs_template_pair_label.txt").read_text().splitlines()]
+    assert pairs and all(lab == int(subject[a] == subject[b]) for a, b, lab in pairs)
+    assert {lab for *_, lab in pairs} == {0, 1}
+
+
+# --- ground truth -----------------------------------------------------------------------------
+
+def _label_key(truth: dict) -> dict[str, str]:
+    out = {}
+    for key, ident in truth["identities"].items():
+        for field in ("train", "train_split"):
+            if field in ident["names"]:
+                out[ident["names"][field]] = key
+    return out
+
+
+def test_every_noise_kind_is_present(truth, samples):
+    p = samples["params"]
+    kinds = [it["kind"] for it in truth["noise"]]
+    from arcpipe.sample.generate import scaled
+
+    for kind, n in [("mislabelled", p.noise.mislabelled), ("non_face", p.noise.non_faces), ("corrupt", p.noise.corrupt),
+                    ("split_identity", p.noise.split_identities), ("eval_overlap", p.noise.eval_overlap),
+                    ("megaface_noisy_probe", p.noise.megaface_noisy_probes),
+                    ("megaface_noisy_distractor", p.noise.megaface_noisy_distractors)]:
+        assert kinds.count(kind) == scaled(n, p.scale), kind
+
+
+def test_noise_items_are_where_they_say(samples, truth, plan):
+    from arcpipe.imageio import decode_image
+
+    root = samples["a"]
+    tsv = (root / "train/ms1m.tsv").read_text().splitlines()
+    label_key = _label_key(truth)
+    for it in truth["noise"]:
+        kind = it["kind"]
+        if "path" in it:
+            data = (root / it["path"]).read_bytes()
+            if "recipe" in it:  # the file is exactly the image the recipe (true identity) renders
+                assert plan.render(it["recipe"]) == data, it
+        if it["part"] == "train" and "tsv_line" in it:
+            cols = tsv[it["tsv_line"] - 1].split("\t")
+            assert cols[0] == it["filed_identity"] and it["path"] == f"train/folder/{cols[0]}/{int(cols[1]):04d}.jpg"
+        if kind == "mislabelled":
+            assert Path(it["path"]).parent.name == it["filed_identity"]
+            assert label_key[it["filed_identity"]] != it["true_identity"]
+            assert label_key[it["true_label"]] == it["true_identity"] == it["recipe"]["identity"]
+            assert decode_image(data).ok
+        elif kind == "non_face":
+            assert it["true_identity"] is None and decode_image(data).ok
+            assert it["recipe"]["non_face"] == it["source"]
+        elif kind == "corrupt":
+            assert not decode_image(data).ok, it
+            assert {"empty": len(data) == 0, "truncated": data[:2] == b"\xff\xd8" and data[-2:] != b"\xff\xd9",
+                    "garbage": data[:2] != b"\xff\xd8"}[it["corrupt"]]
+            field = tsv[it["tsv_line"] - 1].split("\t")[6]
+            if it["tsv_fault"] == "empty_field":
+                assert field == ""
+            elif it["tsv_fault"] == "truncated_jpeg":
+                assert base64.b64decode(field) == data
+        elif kind == "split_identity":
+            first, second = it["labels"]
+            assert label_key[first] == label_key[second] == it["true_identity"]
+            bases = {truth["identities"][label_key[l]]["base"] for l in (first, second)}
+            assert len(bases) == 1
+            assert len(it["paths"]) == len(it["recipes"]) == len(it["tsv_lines"]) > 0
+            for rel, recipe, line in zip(it["paths"], it["recipes"], it["tsv_lines"]):
+                assert Path(rel).parent.name == second
+                assert plan.render(recipe) == (root / rel).read_bytes()
+                assert tsv[line - 1].split("\t")[0] == second
+            assert any((root / "train/folder" / first).iterdir())
+        elif kind == "eval_overlap":
+            key, name = it["true_identity"], it["eval_name"]
+            assert truth["identities"][key]["names"]["train"] == it["filed_identity"]
+            if it["eval_set"] == "lfw":
+                f = root / "lfw" / name / f"{name}_0001.jpg"
+                assert plan.view(key, "lfw", "lfw", 1).jpeg() == f.read_bytes()
+            else:
+                f = root / "megaface/facescrub" / name / f"{name}_1.jpg"
+                assert plan.view(key, "megaface", "facescrub", 1).jpeg() == f.read_bytes()
+        elif kind == "megaface_noisy_probe":
+            listed = (root / it["list"]).read_text().splitlines()
+            assert it["path"].removeprefix("megaface/facescrub/") in listed
+            probe_key = next(k for k, v in truth["identities"].items() if v["names"].get("megaface") == it["filed_identity"])
+            assert probe_key != it["true_identity"]
+        elif kind == "megaface_noisy_distractor":
+            listed = (root / it["list"]).read_text().splitlines()
+            assert it["path"].removeprefix("megaface/distractors/") in listed
+            assert truth["identities"][it["true_identity"]]["names"]["megaface"] == it["probe_name"]
+        else:
+            pytest.fail(f"unknown noise kind {kind}")
+
+
+def test_noise_lists_hold_only_recorded_items(samples, truth):
+    root = samples["a"]
+    recorded = {it["path"] for it in truth["noise"] if it["kind"].startswith("megaface_")}
+    listed = {f"megaface/facescrub/{l}" for l in (root / "megaface/facescrub_noises.txt").read_text().splitlines()}
+    listed |= {f"megaface/distractors/{l}" for l in (root / "megaface/megaface_noises.txt").read_text().splitlines()}
+    assert listed == recorded
+    assert all((root / p).is_file() for p in listed)
+
+
+def test_identities_are_distinct_in_pixels(samples, plan):
+    """Nearest-neighbour on raw pixels of the aligned faces: another view of the same identity
+    is closer than any other identity's view for most identities (the sample is learnable)."""
+    from arcpipe.align import norm_crop
+
+    keys = sorted(plan.specs)[:16]
+    feats, labels = [], []
+    for k in keys:
+        for i in range(3):
+            v = plan.view(k, "lfw", "distinct-check", i)
+            crop = norm_crop(v.image, v.landmarks.astype(np.float32), 112).astype(np.float32)
+            f = crop[16:96:4, 16:96:4].ravel()
+            f = (f - f.mean()) / (f.std() + 1e-6)
+            feats.append(f)
+            labels.append(k)
+    x = np.stack(feats)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nn = d.argmin(1)
+    acc = np.mean([labels[j] == labels[i] for i, j in enumerate(nn)])
+    assert acc > 0.8, acc
+
+
+# --- params and failure -----------------------------------------------------------------------
+
+def test_params_are_strict(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sample:\n  sacle: 2\n")
+    with pytest.raises(ParamsError, match="sample.sacle"):
+        load_params([ROOT / "params.yaml", bad])
+    bad.write_text("sample:\n  lfw_min_images: 6\n  lfw_max_images: 4\n")
+    with pytest.raises(ParamsError, match="lfw_max_images"):
+        load_params([ROOT / "params.yaml", bad])
+
+
+def test_impossible_request_leaves_no_output(tmp_path):
+    out = tmp_path / "out"
+    pfile = _params_file(tmp_path / "p.yaml", out, lfw_pairs_per_fold=500)
+    from arcpipe.sample import run_sample
+    from arcpipe.stage import run_stage
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        rc = run_stage("sample", run_sample, argv=["--params", str(pfile)])
+    finally:
+        os.chdir(cwd)
+    assert rc == 2
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
