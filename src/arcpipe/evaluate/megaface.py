@@ -104,10 +104,20 @@ class _State:
     def update(self, s: np.ndarray) -> None:
         kth = self.top.min(axis=1)
         cand = s > kth[:, None]
-        rows = np.flatnonzero(cand.any(axis=1))
-        if rows.size:
+        n_cand = int(np.count_nonzero(cand))
+        if n_cand > cand.size // 16:
+            # early chunks: most scores are candidates, merge whole rows
+            rows = np.flatnonzero(cand.any(axis=1))
             sub = np.where(cand[rows], s[rows], -np.inf).astype(np.float32)
             merged = np.concatenate([self.top[rows], sub], axis=1)
+        elif n_cand:
+            # later chunks: a few candidates per row; pad them into a narrow matrix
+            r, c = np.nonzero(cand)
+            rows, start, cnt = np.unique(r, return_index=True, return_counts=True)
+            pad = np.full((rows.size, int(cnt.max())), -np.inf, dtype=np.float32)
+            pad[np.repeat(np.arange(rows.size), cnt), np.arange(r.size) - np.repeat(start, cnt)] = s[r, c]
+            merged = np.concatenate([self.top[rows], pad], axis=1)
+        if n_cand:
             part = np.partition(merged, merged.shape[1] - self.k, axis=1)
             self.top[rows] = part[:, merged.shape[1] - self.k:]
         thr = self.imp[self.m - 1] if self.imp.size >= self.m else -np.inf
