@@ -31,7 +31,7 @@ def main() -> None:
     d, n_id, n_probe = 512, 80, 3530
     labels = np.sort(rng.integers(0, n_id, n_probe))
     centres = rng.standard_normal((n_id, d)).astype(np.float32)
-    probes = l2n(centres[labels] + rng.standard_normal((n_probe, d), dtype=np.float32) * 1.3)
+    probes = l2n(centres[labels] + rng.standard_normal((n_probe, d), dtype=np.float32) * 2.0)
     noisy_p = np.zeros(n_probe, bool)
     noisy_p[rng.choice(n_probe, 605, replace=False)] = True
     probes[noisy_p] = l2n(rng.standard_normal((605, d), dtype=np.float32))     # mislabelled images
@@ -49,7 +49,7 @@ def main() -> None:
         x = crng.standard_normal((e - s, d), dtype=np.float32)
         nd = noisy_d[s:e]
         if nd.any():       # a noisy distractor is a probe identity's face filed as a distractor
-            x[nd] = centres[crng.integers(0, n_id, int(nd.sum()))] * 1.5 + x[nd] * 0.3
+            x[nd] = centres[crng.integers(0, n_id, int(nd.sum()))] + x[nd] * 2.0
         x = l2n(x)
         t1 = time.perf_counter()
         stream.feed(x, nd)
