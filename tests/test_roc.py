@@ -88,3 +88,5 @@ def test_nan_scores_are_refused_and_plot_rows_are_monotone():
     xs = [r["fpr"] for r in rows]
     ys = [r["tpr"] for r in rows]
     assert xs == sorted(xs) and ys == sorted(ys) and rows[-1] == {"fpr": 1.0, "tpr": 1.0}
+    small = roc_plot_rows(*roc_points(np.array([1, 0, 1]), np.array([0.9, 0.1, 0.5]))[:2])
+    assert small == [{"fpr": 0.0, "tpr": t} for t in (0.0, 0.5, 1.0)] + [{"fpr": 1.0, "tpr": 1.0}]

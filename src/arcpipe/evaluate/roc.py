@@ -148,7 +148,8 @@ def roc_plot_rows(fpr: np.ndarray, tpr: np.ndarray, points: int = 400, min_fpr: 
                   ) -> list[dict[str, float]]:
     """A compact ROC for a DVC plot: for FPR values on a log grid, the best TPR reached there.
 
-    Rows {'fpr': x, 'tpr': y} with x increasing; at most `points` rows plus the end point.
+    Rows {'fpr': x, 'tpr': y} with x non-decreasing; at most `points` rows plus the end point.
+    A curve of at most `points` points is returned whole.
     """
     f = np.asarray(fpr, dtype=np.float64)
     t = np.asarray(tpr, dtype=np.float64)
@@ -156,6 +157,8 @@ def roc_plot_rows(fpr: np.ndarray, tpr: np.ndarray, points: int = 400, min_fpr: 
     f, t = f[ok], t[ok]
     if f.size == 0:
         return []
+    if f.size <= points:                         # small curves: every point, exactly
+        return [{"fpr": float(x), "tpr": float(y)} for x, y in zip(f, t)]
     best = np.maximum.accumulate(t)              # f is non-decreasing along the curve
     lo = max(min_fpr, float(f[f > 0].min()) if np.any(f > 0) else min_fpr)
     grid = np.unique(np.concatenate((np.geomspace(lo, 1.0, points), [1.0])))
