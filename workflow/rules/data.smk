@@ -31,6 +31,7 @@ rule sample:
     input:
         script="scripts/sample.py",
         code="src/arcpipe/sample",
+        detector="src/arcpipe/detect",
     output:
         directory(config["sample"]["out_dir"]),
     params:
