@@ -11,11 +11,15 @@ wildcard_constraints:
     k=r"\d{5}",
 
 
-def source_of(dataset):
-    """A data set's raw input; inside the sample's folder it is the sample rule's output."""
-    src = config["detect"]["datasets"][dataset]["source"].rstrip("/")
+def in_dag(path):
+    """A raw input path; inside the sample's folder it is the sample rule's output."""
+    path = str(path).rstrip("/")
     sample = config["sample"]["out_dir"].rstrip("/")
-    return sample if src == sample or src.startswith(sample + "/") else src
+    return sample if path == sample or path.startswith(sample + "/") else path
+
+
+def source_of(dataset):
+    return in_dag(config["detect"]["datasets"][dataset]["source"])
 
 
 def _parts(stage_dir, shards):

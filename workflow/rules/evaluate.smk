@@ -6,6 +6,11 @@ rule evaluate:
         script="scripts/evaluate.py",
         evalpack=config["evalpack"]["out_dir"],
         aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
+        benchmarks=sorted({in_dag(p) for p in (
+            (config["evaluate"].get("ijb") or {}).get("root"),
+            (config["evaluate"].get("megaface") or {}).get("facescrub_noises"),
+            (config["evaluate"].get("megaface") or {}).get("megaface_noises"),
+        ) if p}),
     output:
         metrics=directory(config["evaluate"]["metrics_dir"]),
         plots=directory(config["evaluate"]["plots_dir"]),
