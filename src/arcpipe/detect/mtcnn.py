@@ -156,6 +156,18 @@ def build_nets(weights_dir=None) -> tuple[PNet, RNet, ONet]:
     return pnet, rnet, onet
 
 
+def _frozen(net: nn.Module, example_shape: tuple[int, ...]):
+    """The net traced, frozen and optimised for CPU inference; the eager net if that fails."""
+    try:
+        x = torch.zeros(example_shape).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            fast = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(net, x).eval()))
+            fast(x)
+        return fast
+    except Exception:  # an exotic build without oneDNN / TorchScript: eager is still correct
+        return net
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipeline helpers
 
@@ -206,9 +218,10 @@ def _bins(a0: torch.Tensor, a1: torch.Tensor, size: int) -> tuple[torch.Tensor, 
 
 class _Integral:
     """Summed-area tables of a batch of images. Any "area" resampling (a pyramid level, or a box
-    cut out and resized) is then four row lookups per output pixel (F.embedding: the fastest row
+    cut out and resized) is then four row lookups per output pixel (index_select: the fastest row
     gather in torch). Equal-size images share one table laid out (H+1, W+1, B, 3), so that a
-    pyramid level gathers all B images' pixels in one contiguous row. Sums of uint8 pixels are
+    pyramid level gathers all B images' pixels in one contiguous row; crops read a per-image
+    (B, H+1, W+1, 3) copy. Sums of uint8 pixels are
     exact in float32 up to 65,793 px per image, in float64 beyond."""
 
     def __init__(self, images: Sequence[torch.Tensor], device: torch.device) -> None:  # each (H, W, 3) uint8
@@ -219,22 +232,20 @@ class _Integral:
         exact32 = max(t.shape[0] * t.shape[1] for t in images) * 255 < 2**24
         self.dtype = torch.float32 if exact32 else torch.float64
         n = len(images)
-        base, rstride = [0] * n, [0] * n
-        cstride = [0] * n
+        base = [0] * n
         flat, off = [], 0
         for (h, w), idx in by_shape.items():
             x = torch.stack([images[k] for k in idx], 2).to(device)  # (H, W, B, 3)
             tab = torch.zeros(h + 1, w + 1, len(idx), 3, dtype=self.dtype, device=device)
             torch.cumsum(x.cumsum(0, dtype=self.dtype), 1, out=tab[1:, 1:])
             self.groups.append((h, w, torch.tensor(idx, dtype=torch.long, device=device), tab))
+            # crops read small windows of one image: a per-image copy keeps them cache-local
+            flat.append(tab.permute(2, 0, 1, 3).reshape(-1, 3))
             for j, k in enumerate(idx):
-                base[k], rstride[k], cstride[k] = off + j, (w + 1) * len(idx), len(idx)
-            flat.append(tab.view(-1, 3))
+                base[k] = off + j * (h + 1) * (w + 1)
             off += tab.numel() // 3
         self.table = torch.cat(flat) if len(flat) > 1 else flat[0]
         self.base = torch.tensor(base, dtype=torch.long, device=device)
-        self.rstride = torch.tensor(rstride, dtype=torch.long, device=device)
-        self.cstride = torch.tensor(cstride, dtype=torch.long, device=device)
         self.width = torch.tensor([t.shape[1] for t in images], dtype=torch.long, device=device)
         self.height = torch.tensor([t.shape[0] for t in images], dtype=torch.long, device=device)
 
@@ -242,8 +253,13 @@ class _Integral:
     def _sums(t: torch.Tensor, r0, r1, c0, c1) -> torch.Tensor:
         """Bin sums from a table t (rows, D): r* (..., R, 1) row parts and c* (..., 1, C) column
         parts of flat row indices -> (..., R, C, D) float32."""
-        total = (F.embedding(r1 + c1, t) - F.embedding(r0 + c1, t)) - (F.embedding(r1 + c0, t) - F.embedding(r0 + c0, t))
-        return total.to(torch.float32)
+        shape = torch.broadcast_shapes(r0.shape, c0.shape) + (t.shape[1],)
+
+        def at(r, c):
+            return t.index_select(0, (r + c).reshape(-1))
+
+        total = (at(r1, c1) - at(r0, c1)).sub_(at(r1, c0) - at(r0, c0))
+        return total.view(shape).to(torch.float32)
 
     def level(self, group: int, oh: int, ow: int) -> torch.Tensor:
         """All images of one equal-size group resampled to oh x ow and normalised
@@ -264,9 +280,9 @@ class _Integral:
         normalised -> (N, size, size, 3) float32."""
         r0, r1 = _bins(y0, y1, size)
         c0, c1 = _bins(x0, x1, size)
-        rs, cs = self.rstride[img_idx].unsqueeze(1), self.cstride[img_idx].unsqueeze(1)
+        rs = (self.width[img_idx] + 1).unsqueeze(1)
         base = self.base[img_idx].unsqueeze(1)
-        total = self._sums(self.table, (base + r0 * rs).unsqueeze(2), (base + r1 * rs).unsqueeze(2), (c0 * cs).unsqueeze(1), (c1 * cs).unsqueeze(1))
+        total = self._sums(self.table, (base + r0 * rs).unsqueeze(2), (base + r1 * rs).unsqueeze(2), c0.unsqueeze(1), c1.unsqueeze(1))
         area = (r1 - r0).to(torch.float32).unsqueeze(2) * (c1 - c0).to(torch.float32).unsqueeze(1)
         return _normalise_(total.div_(area.unsqueeze(3)))
 
@@ -285,7 +301,7 @@ class MTCNN:
 
     def __init__(self, weights_dir=None, device="cpu", minsize: MinSize = 20, thresholds=(0.6, 0.7, 0.8), factor: float = 0.709,
                  max_batch_pixels: int = 1 << 17, min_batch_pixels: int = 1 << 15, rnet_chunk: int = 96, onet_chunk: int = 24,
-                 max_crops: int = 8192) -> None:
+                 max_crops: int = 8192, optimize: bool = True) -> None:
         if not (isinstance(minsize, int) and minsize > 0) and minsize != "fifth":
             raise ValueError(f"minsize must be a positive int or 'fifth', got {minsize!r}")
         if len(thresholds) != 3:
@@ -307,6 +323,13 @@ class MTCNN:
             self.min_batch_pixels = max(self.min_batch_pixels, 1 << 20)
             self.rnet_chunk = self.onet_chunk = self.max_crops
         self.pnet, self.rnet, self.onet = (n.to(self.device, memory_format=torch.channels_last) for n in build_nets(weights_dir))
+        # On CPU, frozen TorchScript graphs run the convolutions in oneDNN's blocked layout,
+        # about 20% faster than eager; results agree to ~1e-5. Eager stays as the fallback.
+        self._pnet_fast, self._rnet_fast, self._onet_fast = self.pnet, self.rnet, self.onet
+        if optimize and self.device.type == "cpu":
+            self._pnet_fast = _frozen(self.pnet, (4, 3, 24, 24))
+            self._rnet_fast = _frozen(self.rnet, (4, 3, 24, 24))
+            self._onet_fast = _frozen(self.onet, (4, 3, 48, 48))
 
     def __repr__(self) -> str:
         return f"MTCNN(device={str(self.device)!r}, minsize={self.minsize!r}, thresholds={self.thresholds}, factor={self.factor})"
@@ -391,7 +414,8 @@ class MTCNN:
                     x[a:a + m, :h, :w] = p[0]
                     mask[a:a + m, :, :h - 2, :w - 2] = False
                     a += m
-            out = self.pnet(x.permute(0, 3, 1, 2), mask)  # NHWC memory = channels_last
+            x = x.permute(0, 3, 1, 2)  # NHWC memory = channels_last
+            out = self._pnet_fast(x) if mask is None else self.pnet(x, mask)
             prob = torch.sigmoid(out[:, 0])
             hit = prob >= t0
             if not same:
@@ -460,7 +484,7 @@ class MTCNN:
         boxes, img = boxes[ok], img[ok]
         if boxes.shape[0] == 0:
             return None
-        out = self._run(self.rnet, crops, self.rnet_chunk)
+        out = self._run(self._rnet_fast, crops, self.rnet_chunk)
         score = torch.sigmoid(out[:, 0])
         p = score > self.thresholds[1]
         boxes, score, reg, img = boxes[p], score[p], out[p, 1:5], img[p]
@@ -476,7 +500,7 @@ class MTCNN:
         boxes, img = boxes[ok], img[ok]
         if boxes.shape[0] == 0:
             return None
-        out = self._run(self.onet, crops, self.onet_chunk)
+        out = self._run(self._onet_fast, crops, self.onet_chunk)
         score = torch.sigmoid(out[:, 0])
         p = score > self.thresholds[2]
         boxes, score, out, img = boxes[p], score[p], out[p], img[p]

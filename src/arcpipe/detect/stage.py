@@ -110,7 +110,7 @@ def map_batches(fn: Callable, work: list, workers: int, initializer: Callable, i
     # Never plain fork: the parent has used torch/OpenCV thread pools by now (a stage that runs
     # several data sets in one process merges one before it forks for the next), and a forked
     # child inherits their locks held: it hangs at 0% CPU. forkserver children start clean.
-    method = "spawn" if os.environ.get("ARCPIPE_SPAWN") else (
+    method = os.environ.get("ARCPIPE_START_METHOD") or (
         "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     ctx = mp.get_context(method)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer,
