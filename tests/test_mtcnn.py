@@ -275,3 +275,115 @@ def test_reference_parity(photos, tmp_path):
             for box, lm in zip(d.boxes, d.landmarks):
                 j = int(np.abs(rb - box).max(1).argmin())
                 assert np.abs(rb[j] - box).max() < 1.0 and np.abs(rl[j] - lm).max() < 1.0
+
+
+# --- building blocks against plain implementations ------------------------------------------
+
+
+def _greedy_nms_loop(boxes, scores, groups, thr, mode):
+    """Textbook greedy NMS, one box at a time (float64 numpy)."""
+    b = boxes.astype(np.float64)
+    one = 1.0 if mode == "min" else 0.0
+    area = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
+    keep = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        alive = list(idx)
+        while alive:
+            i = alive.pop(0)
+            keep.append(i)
+            rest = np.array(alive, dtype=int)
+            if rest.size == 0:
+                break
+            iw = np.clip(np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]) + one, 0, None)
+            ih = np.clip(np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]) + one, 0, None)
+            inter = iw * ih
+            ov = inter / np.minimum(area[i], area[rest]) if mode == "min" else inter / (area[i] + area[rest] - inter)
+            alive = [j for j, o in zip(rest, ov) if o <= thr]
+    return sorted(keep)
+
+
+@pytest.mark.parametrize("mode,thr", [("union", 0.5), ("union", 0.7), ("min", 0.7)])
+def test_vectorised_nms_equals_the_greedy_loop(mode, thr):
+    import torch
+
+    from arcpipe.detect import nms as N
+
+    rng = np.random.default_rng(3)
+    n = 600
+    xy = rng.uniform(0, 200, (n, 2))
+    wh = rng.uniform(10, 60, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    # a row of boxes shifted by 2 px: a long suppression chain (exercises the exact fallback)
+    chain = np.array([[2 * i, 0, 2 * i + 12, 12] for i in range(60)], np.float32)
+    boxes = np.concatenate([boxes, chain])
+    scores = rng.uniform(size=len(boxes)).astype(np.float32)
+    scores[n:] = np.linspace(0.9, 0.1, 60)
+    groups = rng.integers(0, 5, len(boxes))
+    groups[n:] = 7
+    got = N.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), thr, mode).numpy()
+    assert sorted(got.tolist()) == _greedy_nms_loop(boxes, scores, groups, thr, mode)
+    # order: by group, then descending score
+    assert np.all(np.diff(groups[got]) >= 0)
+    same = np.diff(groups[got]) == 0
+    assert np.all(np.diff(scores[got])[same] <= 0)
+    # the one-box-at-a-time path used for huge groups agrees too
+    sel = groups == groups[0]
+    order = np.argsort(-scores[sel], kind="stable")
+    loop = N._greedy_loop(torch.from_numpy(boxes[sel][order]), thr, mode).numpy()
+    ref = _greedy_nms_loop(boxes[sel], scores[sel], np.zeros(sel.sum(), int), thr, mode)
+    assert sorted(np.flatnonzero(sel)[order][loop].tolist()) == sorted(np.flatnonzero(sel)[ref].tolist())
+
+
+def test_area_resampling_equals_adaptive_average_pooling():
+    """Pyramid levels and crops from summed-area tables = torch's "area" interpolation, which is
+    what the reference resizes with."""
+    import torch
+    import torch.nn.functional as F
+
+    from arcpipe.detect.mtcnn import _Integral
+
+    rng = np.random.default_rng(4)
+    imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in [(57, 83), (57, 83), (40, 31)]]
+    integral = _Integral([torch.from_numpy(i) for i in imgs], torch.device("cpu"))
+    norm = lambda t: (t - 127.5) * 0.0078125
+    for g, (h, w, idx, _) in enumerate(integral.groups):
+        for oh, ow in [(h, w), (30, 41), (12, 12), (h + 9, w + 3)]:
+            ours = integral.level(g, oh, ow)
+            for j, k in enumerate(idx.tolist()):
+                ref = F.interpolate(torch.from_numpy(imgs[k]).permute(2, 0, 1)[None].float(), size=(oh, ow), mode="area")
+                torch.testing.assert_close(ours[j], norm(ref[0].permute(1, 2, 0)), atol=1e-6, rtol=0)
+    # crops: [y0, y1) x [x0, x1) of image k, to 24x24, as the reference's per-box resize
+    boxes = [(0, 0, 0, 83, 57), (1, 5, 7, 30, 20), (2, 3, 4, 31, 40), (0, 70, 50, 83, 57)]
+    k, x0, y0, x1, y1 = (torch.tensor(v) for v in zip(*boxes))
+    ours = integral.crops(k, x0, y0, x1, y1, 24)
+    for n, (kk, a0, b0, a1, b1) in enumerate(boxes):
+        src = torch.from_numpy(imgs[kk][b0:b1, a0:a1]).permute(2, 0, 1)[None].float()
+        ref = F.interpolate(src, size=(24, 24), mode="area")[0].permute(1, 2, 0)
+        torch.testing.assert_close(ours[n], norm(ref), atol=1e-6, rtol=0)
+
+
+@needs_weights
+def test_padded_pnet_batch_equals_unpadded_levels():
+    import torch
+
+    from arcpipe.detect.mtcnn import _pnet_out_size
+
+    m = MTCNN(optimize=False)
+    rng = np.random.default_rng(5)
+    sizes = [(31, 40), (28, 27), (23, 33)]  # odd and even conv1 extents
+    levels = [torch.from_numpy(rng.normal(size=(1, 3) + s).astype(np.float32)) for s in sizes]
+    H, W = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    x = torch.zeros(len(sizes), 3, H, W)
+    mask = torch.ones(len(sizes), 1, H - 2, W - 2, dtype=torch.bool)
+    for i, ((h, w), lv) in enumerate(zip(sizes, levels)):
+        x[i, :, :h, :w] = lv[0]
+        mask[i, :, :h - 2, :w - 2] = False
+    with torch.no_grad():
+        padded = m._pnet_masked(x, mask)
+        for i, ((h, w), lv) in enumerate(zip(sizes, levels)):
+            alone = m.pnet(lv)[0]
+            oh, ow = _pnet_out_size(h), _pnet_out_size(w)
+            assert alone.shape[1:] == (oh, ow)
+            torch.testing.assert_close(padded[i, :, :oh, :ow], alone, atol=1e-5, rtol=1e-5)
