@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from .errors import PipelineError
-from .recordio import RecordIOError, RecordReader, label_of, read_layout, read_property
+from .recordio import RecordReader, class_label, read_layout, read_property
 
 __all__ = ["RecDataset", "FolderDataset", "make_sampler", "to_tensor", "flip_of", "IMAGE_EXTENSIONS"]
 
@@ -105,13 +105,7 @@ class RecDataset(Dataset):
         return self._label(self.reader.header(key), key)
 
     def _label(self, header, key: int) -> int:
-        try:
-            lab = label_of(header)
-        except ValueError as e:
-            raise RecordIOError(f"{self.reader.rec_path}: key {key}: label: {e}") from None
-        if not np.isfinite(lab) or lab != int(lab) or lab < 0:
-            raise RecordIOError(f"{self.reader.rec_path}: key {key}: label {lab!r} is not a class number")
-        return int(lab)
+        return class_label(header, self.reader.rec_path, key)
 
     def __getitem__(self, index: int):
         key = int(self.keys[index])

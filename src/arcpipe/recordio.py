@@ -29,7 +29,7 @@ __all__ = [
     "MAGIC", "MAGIC_BYTES", "IR_SIZE", "IRHeader", "RecordIOError", "RecordKeyError", "pack", "unpack", "label_of",
     "frame", "RecordWriter", "RecordReader", "encode_jpeg", "decode_rgb", "pack_img", "unpack_img",
     "read_idx", "read_frame_at", "default_idx_path", "PackLayout", "read_layout", "read_property",
-    "write_property", "image_label",
+    "write_property", "image_label", "class_label",
 ]
 
 MAGIC = 0xCED7230A
@@ -913,11 +913,15 @@ def write_property(path: str | os.PathLike, num_classes: int, height: int, width
 
 def image_label(reader: RecordReader, key: int) -> int:
     """Integer class label of an image record; one clear error when it is not a number."""
-    h = reader.header(key)
+    return class_label(reader.header(key), reader.rec_path, key)
+
+
+def class_label(header: IRHeader, rec_path: str | os.PathLike, key: int) -> int:
+    """The class number in an image record's header; one clear error naming file and key."""
     try:
-        lab = label_of(h)
+        lab = label_of(header)
     except ValueError as e:
-        raise RecordIOError(f"{reader.rec_path}: key {key}: label: {e}") from None
+        raise RecordIOError(f"{rec_path}: key {key}: label: {e}") from None
     if not np.isfinite(lab) or lab != int(lab) or lab < 0:
-        raise RecordIOError(f"{reader.rec_path}: key {key}: label {lab!r} is not a class number")
+        raise RecordIOError(f"{rec_path}: key {key}: label {lab!r} is not a class number")
     return int(lab)
