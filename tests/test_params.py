@@ -171,3 +171,17 @@ def test_cli_dvc_args_refuses_bad_variant(tmp_path):
     r = subprocess.run([sys.executable, "-m", "arcpipe.cli", "params", "dvc-args", var],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "pack.quality: expected an integer" in r.stderr
+
+
+def test_missing_input_path_names_the_key(tmp_path):
+    d = defaults()
+    d["detect"]["out_dir"] = str(tmp_path / "detect")
+    d["detect"]["datasets"]["lfw"]["source"] = str(tmp_path / "no_such_lfw")
+    pfile = write(tmp_path, "params.yaml", d)
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "detect.py"), "--params", pfile, "--dataset", "lfw"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2
+    errors = [line for line in err if "error" in line]
+    assert errors == err[-1:] and "detect.datasets.lfw.source" in err[-1] and "no_such_lfw" in err[-1], err
+    assert not (tmp_path / "detect").exists()
