@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from arcpipe.datasets import FolderDataset, RecDataset  # noqa: E402
-from arcpipe.recordio import IRHeader, RecordWriter, pack  # noqa: E402
+from arcpipe.recordio import RecordWriter  # noqa: E402
 from bench_recordio import make_payloads  # noqa: E402
 
 

@@ -22,7 +22,6 @@ import argparse
 import multiprocessing as mp
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ def lfw_like_images(n: int, seed: int = 0, size: int = 250) -> list[np.ndarray]:
 
     torch.set_num_threads(1)
     from arcpipe.detect import MTCNN
-    from arcpipe.detect.photos import all_photos
+    from arcpipe.photos import all_photos
 
     det = MTCNN(**LFW)
     faces = []  # (photo, eye-centre, eye distance, eye angle)

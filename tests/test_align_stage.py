@@ -7,7 +7,6 @@ import json
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 
 from arcpipe import align as A
 from arcpipe.align_stage import run_align

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,7 @@ import pytest
 
 from arcpipe.detect import MTCNN, Detections, choose_face, face_choice_scores, preset_for
 from arcpipe.detect import weights as W
-from arcpipe.detect.photos import all_photos
+from arcpipe.photos import all_photos
 from arcpipe.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]

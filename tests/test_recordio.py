@@ -11,7 +11,7 @@ import pytest
 
 from arcpipe.errors import PipelineError
 from arcpipe.recordio import (
-    MAGIC, MAGIC_BYTES, IRHeader, RecordIOError, RecordKeyError, RecordReader, RecordWriter,
+    MAGIC_BYTES, IRHeader, RecordIOError, RecordKeyError, RecordReader, RecordWriter,
     decode_rgb, encode_jpeg, frame, label_of, pack, read_frame_at, unpack,
 )
 

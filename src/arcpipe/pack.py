@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .errors import PipelineError
-from .fsutil import atomic_path, write_json_atomic
+from .fsutil import atomic_path
 from .recordio import IRHeader, RecordReader, RecordWriter, decode_rgb, encode_jpeg, pack, write_property
 
 __all__ = ["open_aligned", "plan_pack", "write_train_pack", "write_flat_pack", "run_pack", "shard_bounds"]

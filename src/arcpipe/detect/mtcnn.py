@@ -14,8 +14,6 @@ same "area" resampling, same box arithmetic and NMS rules), but does the work in
 """
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from typing import Sequence, Union
 

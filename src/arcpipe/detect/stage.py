@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..aligned import BOX_COLUMNS, LANDMARK_COLUMNS
 from ..errors import PipelineError
-from ..fsutil import atomic_path, write_json_atomic
+from ..fsutil import atomic_path
 from ..imageio import decode_image
 from ..sources import Item, SourceError, open_source, shard_bounds
 

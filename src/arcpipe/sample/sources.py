@@ -10,15 +10,14 @@ generated image is rendered.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..errors import PipelineError
+from ..photos import grace_hopper_path, insightface_images, read_bgr
 
 CANVAS = 400
 # The ArcFace 112 template (left eye, right eye, nose, mouth left, mouth right) scaled by 1.5 and
@@ -41,35 +40,16 @@ class BaseFace:
     low_res: bool      # upscaled from a tiny crop
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(f"sample: package '{package}' is not installed (the sample's base photos ship in it)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _read(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise PipelineError(f"{path}: cannot decode the sample's base photo")
-    return img
-
-
-def insightface_images() -> Path:
-    return _package_dir("insightface") / "data" / "images"
-
-
 def raw_photos() -> list[tuple[str, np.ndarray, bool]]:
     """(name, BGR image, is_tiny_crop) for every face photo, in a fixed order."""
     import skimage.data
 
     photos: list[tuple[str, np.ndarray, bool]] = []
     ins = insightface_images()
-    photos.append(("t1", _read(ins / "t1.jpg"), False))
-    photos.append(("tom_hanks", _read(ins / "Tom_Hanks_54745.png"), False))
+    photos.append(("t1", read_bgr(ins / "t1.jpg"), False))
+    photos.append(("tom_hanks", read_bgr(ins / "Tom_Hanks_54745.png"), False))
     photos.append(("astronaut", cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), False))
-    mpl = _package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg"
-    photos.append(("grace_hopper", _read(mpl), False))
+    photos.append(("grace_hopper", read_bgr(grace_hopper_path()), False))
     for i, face in enumerate(lfw_subset()[:100]):
         if i in UNRELIABLE:
             continue
@@ -121,7 +101,7 @@ def non_face_images() -> list[tuple[str, np.ndarray]]:
            for i, img in enumerate(lfw_subset()[100:])]
     ins = insightface_images()
     for name in ("mask_black", "mask_blue", "mask_green", "mask_white"):
-        out.append((name, _read(ins / f"{name}.jpg")))
+        out.append((name, read_bgr(ins / f"{name}.jpg")))
     return out
 
 
