@@ -128,3 +128,18 @@ def test_tracked_params_are_written_out_in_params_yaml(both):
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{name}: params.yaml lacks {key}"
                 node = node[part]
+
+
+def test_slurm_profile_gives_shard_jobs_a_gpu(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]' for the SLURM profile")
+    variant = tmp_path / "v.yaml"
+    variant.write_text(yaml.safe_dump({"detect": {"shards": 2}}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm", "-n", "-F",
+                        "--configfile", str(variant)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    blocks = out.split("rule detect_part:")[1:]
+    assert len(blocks) == 2 * len(yaml.safe_load((REPO / "params.yaml").read_text())["detect"]["datasets"])
+    for b in blocks:
+        res = next(line for line in b.splitlines() if line.strip().startswith("resources:"))
+        assert "slurm_partition=gpu" in res and "gpu=1" in res
