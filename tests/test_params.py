@@ -185,3 +185,15 @@ def test_missing_input_path_names_the_key(tmp_path):
     errors = [line for line in err if "error" in line]
     assert errors == err[-1:] and "detect.datasets.lfw.source" in err[-1] and "no_such_lfw" in err[-1], err
     assert not (tmp_path / "detect").exists()
+
+
+def test_missing_input_path_set_by_a_variant_names_the_variant(tmp_path):
+    d = defaults()
+    d["detect"]["out_dir"] = str(tmp_path / "detect")
+    base = write(tmp_path, "params.yaml", d)
+    var = write(tmp_path, "variant.yaml", {"detect": {"datasets": {"lfw": {"source": str(tmp_path / "gone")}}}})
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "detect.py"), "--params", base, var, "--dataset", "lfw"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].endswith(
+        f"{var}: detect.datasets.lfw.source: input path '{tmp_path / 'gone'}' does not exist")

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .errors import PipelineError
 from .fsutil import write_json_atomic
-from .params import Params, load_params, merged_dict
+from .params import Params, load_params, merged_dict, origin_of
 
 log = logging.getLogger("arcpipe")
 
@@ -75,7 +75,7 @@ class StageContext:
         """An input path named by params key `key` must exist: one line naming both otherwise."""
         p = Path(path)
         if not p.exists():
-            raise PipelineError(f"{self.params_files[0]}: {key}: input path '{p}' does not exist")
+            raise PipelineError(f"{origin_of(key, self.params_files)}: {key}: input path '{p}' does not exist")
         return p
 
     def shard_count(self, configured: int) -> int:

@@ -159,6 +159,13 @@ def load_params(paths: Iterable[str | os.PathLike] = ("params.yaml",)) -> Params
     return validate(merged, _origins(files), files[0][0])
 
 
+def origin_of(key: str, paths: Iterable[str | os.PathLike]) -> str:
+    """The params file (of several merged in order) that set `key` last."""
+    paths = [str(p) for p in paths]
+    files = [(p, load_yaml(p)) for p in paths]
+    return _origin_of(key, _origins(files), paths[0] if paths else "params")
+
+
 def merged_dict(paths: Iterable[str | os.PathLike]) -> dict:
     merged: dict = {}
     for p in paths:
