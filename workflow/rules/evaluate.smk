@@ -7,7 +7,7 @@ rule evaluate:
         evalpack=config["evalpack"]["out_dir"],
         aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
         benchmarks=sorted({in_dag(p) for p in (
-            (config["evaluate"].get("ijb") or {}).get("root"),
+            *[(s or {}).get("root") for s in (config["evaluate"].get("ijb") or {}).values()],
             (config["evaluate"].get("megaface") or {}).get("facescrub_noises"),
             (config["evaluate"].get("megaface") or {}).get("megaface_noises"),
         ) if p}),

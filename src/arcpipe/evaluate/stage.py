@@ -8,7 +8,7 @@ the previous ones untouched):
                                   acc_mean/acc_std, fold_acc, fold_threshold, val_mean/val_std/
                                   far_mean at far_target, pair counts, the .bin's path + sha256,
                                   the model's identity, flip, xnorm (mean raw embedding norm)
-    <metrics_dir>/<bench>.json    ijbb / ijbc (evaluate.ijb.target, lower case), megaface, ytf,
+    <metrics_dir>/<bench>.json    each IJB set by its name in evaluate.ijb (ijbb, ijbc...), megaface, ytf,
                                   when their params sections are set: the dict their
                                   run_<bench>(section, embedder, ctx) returns, plus the
                                   model identity. A key "plots" in that dict ({plot name:
@@ -140,18 +140,23 @@ def _bench_function(section: str) -> Callable[..., dict]:
     return getattr(mod, fn_name)
 
 
-def _bench_name(section: str, params: Any) -> str:
-    """metrics file name: ijbb / ijbc for IJB (from its target), else the section name."""
-    if section == "ijb":
-        return str(getattr(params, "target", "ijb")).lower()
-    return section
+def _bench_runs(p) -> list[tuple[str, str, Any]]:
+    """(section, metrics name, params) for each benchmark to run: every IJB set by its name."""
+    runs: list[tuple[str, str, Any]] = []
+    for section in BENCHES:
+        value = getattr(p, section, None)
+        if section == "ijb":
+            runs += [(section, name, v) for name, v in sorted((value or {}).items()) if v is not None]
+        elif value is not None:
+            runs.append((section, section, value))
+    return runs
 
 
 def run_evaluate(ctx) -> dict[str, Any]:
     p = ctx.params.evaluate
     for name, path in p.verification.items():
         ctx.require_path(f"evaluate.verification.{name}", path)
-    benches = [s for s in BENCHES if getattr(p, s, None) is not None]
+    benches = _bench_runs(p)
     if not p.verification and not benches:
         raise PipelineError(f"{ctx.params_files[0]}: evaluate: nothing to evaluate (no verification sets, no ijb/megaface/ytf)")
     embedder = load_embedder(p.model, p.device, p.batch_size)
@@ -171,10 +176,11 @@ def run_evaluate(ctx) -> dict[str, Any]:
             write_csv(ptmp / f"roc_{name}.csv", roc)
             counts["benchmarks"].append(name)
             counts["pairs"][name] = metrics["pairs"]
-        for section in benches:
+        for section, name, params in benches:
             fn = _bench_function(section)
-            result = dict(fn(getattr(p, section), embedder, ctx) or {})
-            name = str(result.get("benchmark") or _bench_name(section, getattr(p, section)))
+            result = dict(fn(params, embedder, ctx) or {})
+            if section != "ijb":
+                name = str(result.get("benchmark") or name)
             if not _SAFE_NAME.match(name) or name == "summary" or name in p.verification:
                 raise PipelineError(f"evaluate.{section}: benchmark name {name!r} cannot name its metrics file "
                                     "(clashes with a verification set, or not a plain name)")

@@ -109,7 +109,7 @@ def _describe(err: Mapping[str, Any]) -> str:
         return f"{err.get('msg', typ).lower()}, got {got_s}"
     msg = err.get("msg", typ)
     msg = msg.removeprefix("Value error, ")
-    return f"{msg} (got {got_s})"
+    return msg if isinstance(got, (dict, list)) else f"{msg} (got {got_s})"
 
 
 def _format_error(exc: ValidationError, origin: Mapping[str, str], default: str, known: Mapping) -> str:

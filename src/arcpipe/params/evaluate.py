@@ -12,7 +12,7 @@ from .evaluate_bench import IJBParams, MegaFaceParams, YTFParams
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # metrics/<name>.json file names the stage itself or the other benchmarks use
-RESERVED_NAMES = {"summary", "ijb", "ijbb", "ijbc", "megaface", "ytf"}
+RESERVED_NAMES = {"summary", "megaface", "ytf"}
 
 
 class ModelParams(Section):
@@ -47,7 +47,9 @@ class EvaluateParams(Section):
     metrics_dir: str = "metrics"
     plots_dir: str = "plots"
     # the large benchmarks: run only when their section is given
-    ijb: Optional[IJBParams] = None
+    # IJB sets by name, e.g. {ijbb: {root, target: IJBB, gallery: [S1, S2]}, ijbc: {root, target: IJBC}}:
+    # metrics/<name>.json, plots/roc_<name>.csv; a name set to null is switched off
+    ijb: dict[str, Optional[IJBParams]] = Field(default_factory=dict)
     megaface: Optional[MegaFaceParams] = None
     ytf: Optional[YTFParams] = None
 
@@ -67,6 +69,28 @@ class EvaluateParams(Section):
             if name in RESERVED_NAMES:
                 raise ValueError(f"set name {name!r} is reserved for another output file")
         return v
+
+    @field_validator("ijb", mode="before")
+    @classmethod
+    def _ijb_by_name(cls, v):
+        if isinstance(v, dict) and isinstance(v.get("root"), str):
+            raise ValueError("expected IJB sets by name, e.g. {ijbc: {root: ..., target: IJBC}}")
+        return v
+
+    @field_validator("ijb")
+    @classmethod
+    def _ijb_names(cls, v: dict) -> dict:
+        for name in v:
+            if not _NAME.match(name) or name in ("summary", "megaface", "ytf"):
+                raise ValueError(f"IJB set name {name!r} cannot name metrics/{name}.json")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "EvaluateParams":
+        clash = sorted(set(self.verification) & set(self.ijb))
+        if clash:
+            raise ValueError(f"{clash[0]!r} names both a verification set and an IJB set")
+        return self
 
 
 class ReportParams(Section):
