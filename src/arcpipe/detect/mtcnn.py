@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -233,11 +234,14 @@ def _bins(a0: torch.Tensor, a1: torch.Tensor, size: int) -> tuple[torch.Tensor, 
 
 class _Integral:
     """Summed-area tables of a batch of images. Any "area" resampling (a pyramid level, or a box
-    cut out and resized) is then four row lookups per output pixel (index_select: the fastest row
-    gather in torch). Equal-size images share one table laid out (H+1, W+1, B, 3), so that a
-    pyramid level gathers all B images' pixels in one contiguous row; crops read a per-image
-    (B, H+1, W+1, 3) copy. Sums of uint8 pixels are
-    exact in float32 up to 65,793 px per image, in float64 beyond."""
+    cut out and resized) is then four corner lookups per output pixel; the corners of a whole
+    output grid (rows r0 then r1 by columns c0 then c1) are one index_select call (the fastest
+    row gather in torch), and the sums follow by differences along rows, then columns.
+    Equal-size images share one table laid out (H+1, W+1, B, 3), so that a pyramid level
+    gathers all B images' pixels in one contiguous row; crops read a per-image (B, H+1, W+1, 3)
+    copy. On CPU the tables come from OpenCV's integral (the same integers, several times faster
+    than torch's cumsum). Sums of uint8 pixels are exact in float32 up to 65,793 px per image,
+    in float64 beyond."""
 
     def __init__(self, images: Sequence[torch.Tensor], device: torch.device) -> None:  # each (H, W, 3) uint8
         self.groups: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (h, w, image indices, table)
@@ -250,11 +254,15 @@ class _Integral:
         base = [0] * n
         flat, off = [], 0
         for (h, w), idx in by_shape.items():
-            x = torch.stack([images[k] for k in idx]).to(device=device, dtype=self.dtype)  # (B, H, W, 3)
-            per_image = torch.zeros(len(idx), h + 1, w + 1, 3, dtype=self.dtype, device=device)
-            inner = per_image[:, 1:, 1:]
-            torch.cumsum(x, 1, out=inner)
-            inner.cumsum_(2)
+            if device.type == "cpu":  # OpenCV's summed-area table: same integers, ~7x faster than two cumsums
+                depth = cv2.CV_32F if exact32 else cv2.CV_64F
+                per_image = torch.from_numpy(np.stack([cv2.integral(images[k].numpy(), sdepth=depth) for k in idx]))
+            else:
+                x = torch.stack([images[k] for k in idx]).to(device=device, dtype=self.dtype)  # (B, H, W, 3)
+                per_image = torch.zeros(len(idx), h + 1, w + 1, 3, dtype=self.dtype, device=device)
+                inner = per_image[:, 1:, 1:]
+                torch.cumsum(x, 1, out=inner)
+                inner.cumsum_(2)
             # crops read small windows of one image from the per-image layout (cache-local);
             # pyramid levels gather every image at once from the batch-innermost copy
             self.groups.append((h, w, torch.tensor(idx, dtype=torch.long, device=device), per_image.permute(1, 2, 0, 3).contiguous()))
@@ -267,18 +275,6 @@ class _Integral:
         self.width = torch.tensor([t.shape[1] for t in images], dtype=torch.long, device=device)
         self.height = torch.tensor([t.shape[0] for t in images], dtype=torch.long, device=device)
 
-    @staticmethod
-    def _sums(t: torch.Tensor, r0, r1, c0, c1) -> torch.Tensor:
-        """Bin sums from a table t (rows, D): r* (..., R, 1) row parts and c* (..., 1, C) column
-        parts of flat row indices -> (..., R, C, D) float32."""
-        shape = torch.broadcast_shapes(r0.shape, c0.shape) + (t.shape[1],)
-
-        def at(r, c):
-            return t.index_select(0, (r + c).reshape(-1))
-
-        total = (at(r1, c1) - at(r0, c1)).sub_(at(r1, c0) - at(r0, c0))
-        return total.view(shape).to(torch.float32)
-
     def level(self, group: int, oh: int, ow: int) -> torch.Tensor:
         """All images of one equal-size group resampled to oh x ow and normalised
         -> (B, oh, ow, 3) float32, contiguous."""
@@ -288,19 +284,40 @@ class _Integral:
         r0, r1 = _bins(zero, zero + h, oh)
         c0, c1 = _bins(zero, zero + w, ow)
         t = tab.view((h + 1) * (w + 1), -1)  # one row = the pixel in every image of the group
-        total = self._sums(t, (r0 * (w + 1))[:, None], (r1 * (w + 1))[:, None], c0[None, :], c1[None, :])
+        it = torch.int32 if t.shape[0] < 2**31 else torch.long
+        rows = (torch.cat([r0, r1]) * (w + 1)).to(it)
+        cols = torch.cat([c0, c1]).to(it)
         area = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).to(torch.float32)
-        x = _normalise_(total.view(oh, ow, -1, 3).div_(area[:, :, None, None]))
-        return x.permute(2, 0, 1, 3).contiguous()
+        out = torch.empty(idx.shape[0], oh, ow, 3, device=dev)
+        # blocks of output rows, so that the gathered corners stay in the CPU cache
+        step = oh if dev.type != "cpu" else max(1, (1 << 18) // (ow * t.shape[1]))
+        for y in range(0, oh, step):
+            k = min(step, oh - y)
+            rr = torch.cat([rows[y:y + k], rows[oh + y:oh + y + k]])
+            g = t.index_select(0, (rr[:, None] + cols[None, :]).view(-1)).view(2 * k, 2 * ow, -1)
+            d = g[k:] - g[:k]  # same sums, same order as four corner gathers
+            total = (d[:, ow:] - d[:, :ow]).to(torch.float32)
+            x = _normalise_(total.view(k, ow, -1, 3).div_(area[y:y + k, :, None, None]))
+            out[:, y:y + k] = x.permute(2, 0, 1, 3)
+        return out
 
     def crops(self, img_idx: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, size: int) -> torch.Tensor:
         """Pixel ranges [y0, y1) x [x0, x1) of the given images resampled to size x size and
         normalised -> (N, size, size, 3) float32."""
         r0, r1 = _bins(y0, y1, size)
         c0, c1 = _bins(x0, x1, size)
+        # one gather of the 2size x 2size grid of corners (rows r0 then r1, columns c0 then c1),
+        # then differences along rows and columns: the same sums, in the same order, as four
+        # separate corner gathers, with a quarter of the index arithmetic and one call
         rs = (self.width[img_idx] + 1).unsqueeze(1)
-        base = self.base[img_idx].unsqueeze(1)
-        total = self._sums(self.table, (base + r0 * rs).unsqueeze(2), (base + r1 * rs).unsqueeze(2), c0.unsqueeze(1), c1.unsqueeze(1))
+        rows = torch.cat([r0, r1], 1).mul_(rs).add_(self.base[img_idx].unsqueeze(1))
+        cols = torch.cat([c0, c1], 1)
+        it = torch.int32 if self.table.shape[0] < 2**31 else torch.long
+        idx = rows.to(it).unsqueeze(2) + cols.to(it).unsqueeze(1)
+        n = idx.shape[0]
+        g = self.table.index_select(0, idx.view(-1)).view(n, 2 * size, 2 * size, 3)
+        d = g[:, size:] - g[:, :size]
+        total = (d[:, :, size:] - d[:, :, :size]).to(torch.float32)
         area = (r1 - r0).to(torch.float32).unsqueeze(2) * (c1 - c0).to(torch.float32).unsqueeze(1)
         return _normalise_(total.div_(area.unsqueeze(3)))
 
@@ -472,10 +489,10 @@ class MTCNN:
         return boxes, scores, img
 
     # --- stages 2 and 3: R-Net and O-Net on crops ------------------------------------------------
-    def _cut(self, boxes: torch.Tensor, img: torch.Tensor, integral: _Integral, size: int):
-        """Crops of the boxes, truncated to integers and clipped to the image, as the reference
-        does; boxes whose clipped crop is empty are dropped. Returns (normalised crops in
-        channels_last NCHW, kept mask)."""
+    def _cut(self, boxes: torch.Tensor, img: torch.Tensor, integral: _Integral):
+        """Crop ranges of the boxes, truncated to integers and clipped to the image, as the
+        reference does; boxes whose clipped crop is empty are dropped. Returns ((image index,
+        x0, y0, x1, y1) of the kept boxes, kept mask)."""
         b = boxes.trunc().to(torch.long)
         w, h = integral.width[img], integral.height[img]
         x0 = b[:, 0].clamp(min=1) - 1
@@ -485,26 +502,26 @@ class MTCNN:
         ok = (x1 > x0) & (y1 > y0)
         if not bool(ok.all()):
             x0, y0, x1, y1, img = x0[ok], y0[ok], x1[ok], y1[ok], img[ok]
-        parts = []
-        for a in range(0, x0.shape[0], self.max_crops):
-            sl = slice(a, a + self.max_crops)
-            parts.append(integral.crops(img[sl], x0[sl], y0[sl], x1[sl], y1[sl], size))
-        crops = torch.cat(parts) if len(parts) > 1 else parts[0] if parts else torch.zeros(0, size, size, 3, device=boxes.device)
-        return crops.permute(0, 3, 1, 2), ok
+        return (img, x0, y0, x1, y1), ok
 
-    @staticmethod
-    def _run(net: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-        if x.shape[0] <= chunk:
-            return net(x)
-        return torch.cat([net(x[a:a + chunk]) for a in range(0, x.shape[0], chunk)])
+    def _run_on_crops(self, net: nn.Module, integral: _Integral, ranges, size: int, chunk: int) -> torch.Tensor:
+        """The net on the crops, `chunk` at a time: each chunk is cut and resampled just before
+        its net call, so that it is still in the CPU cache (and no full crop batch is stored)."""
+        n = ranges[0].shape[0]
+        outs = []
+        for a in range(0, n, chunk):
+            sl = slice(a, a + chunk)
+            x = integral.crops(*(t[sl] for t in ranges), size)
+            outs.append(net(x.permute(0, 3, 1, 2)))  # NHWC memory = channels_last
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def _stage2(self, cand, integral: _Integral):
         boxes, _, img = cand
-        crops, ok = self._cut(boxes, integral=integral, img=img, size=24)
+        ranges, ok = self._cut(boxes, img, integral)
         boxes, img = boxes[ok], img[ok]
         if boxes.shape[0] == 0:
             return None
-        out = self._run(self._rnet_fast, crops, self.rnet_chunk)
+        out = self._run_on_crops(self._rnet_fast, integral, ranges, 24, self.rnet_chunk)
         score = torch.sigmoid(out[:, 0])
         p = score > self.thresholds[1]
         boxes, score, reg, img = boxes[p], score[p], out[p, 1:5], img[p]
@@ -516,11 +533,11 @@ class MTCNN:
 
     def _stage3(self, cand, integral: _Integral):
         boxes, _, img = cand
-        crops, ok = self._cut(boxes, integral=integral, img=img, size=48)
+        ranges, ok = self._cut(boxes, img, integral)
         boxes, img = boxes[ok], img[ok]
         if boxes.shape[0] == 0:
             return None
-        out = self._run(self._onet_fast, crops, self.onet_chunk)
+        out = self._run_on_crops(self._onet_fast, integral, ranges, 48, self.onet_chunk)
         score = torch.sigmoid(out[:, 0])
         p = score > self.thresholds[2]
         boxes, score, out, img = boxes[p], score[p], out[p], img[p]
