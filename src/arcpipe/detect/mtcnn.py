@@ -172,7 +172,7 @@ def build_nets(weights_dir=None) -> tuple[PNet, RNet, ONet]:
 def _frozen(net: nn.Module, example_shape: tuple[int, ...], masked: bool = False):
     """The net traced, frozen and optimised for CPU inference; the eager net if that fails."""
     try:
-        x = torch.zeros(example_shape).contiguous(memory_format=torch.channels_last)
+        x = torch.zeros(example_shape)
         args = (x,)
         if masked:
             args = (x, torch.zeros(example_shape[0], 1, example_shape[2] - 2, example_shape[3] - 2, dtype=torch.bool))
@@ -277,7 +277,7 @@ class _Integral:
 
     def level(self, group: int, oh: int, ow: int) -> torch.Tensor:
         """All images of one equal-size group resampled to oh x ow and normalised
-        -> (B, oh, ow, 3) float32, contiguous."""
+        -> (B, oh, ow, 3) float32, a view of NCHW-contiguous memory."""
         h, w, idx, tab = self.groups[group]
         dev = idx.device
         zero = torch.zeros((), dtype=torch.long, device=dev)
@@ -288,7 +288,7 @@ class _Integral:
         rows = (torch.cat([r0, r1]) * (w + 1)).to(it)
         cols = torch.cat([c0, c1]).to(it)
         area = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).to(torch.float32)
-        out = torch.empty(idx.shape[0], oh, ow, 3, device=dev)
+        out = torch.empty(idx.shape[0], 3, oh, ow, device=dev)
         # blocks of output rows, so that the gathered corners stay in the CPU cache
         step = oh if dev.type != "cpu" else max(1, (1 << 18) // (ow * t.shape[1]))
         for y in range(0, oh, step):
@@ -298,12 +298,12 @@ class _Integral:
             d = g[k:] - g[:k]  # same sums, same order as four corner gathers
             total = (d[:, ow:] - d[:, :ow]).to(torch.float32)
             x = _normalise_(total.view(k, ow, -1, 3).div_(area[y:y + k, :, None, None]))
-            out[:, y:y + k] = x.permute(2, 0, 1, 3)
-        return out
+            out[:, :, y:y + k] = x.permute(2, 3, 0, 1)
+        return out.permute(0, 2, 3, 1)
 
     def crops(self, img_idx: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, size: int) -> torch.Tensor:
         """Pixel ranges [y0, y1) x [x0, x1) of the given images resampled to size x size and
-        normalised -> (N, size, size, 3) float32."""
+        normalised -> (N, size, size, 3) float32, a view of NCHW-contiguous memory."""
         r0, r1 = _bins(y0, y1, size)
         c0, c1 = _bins(x0, x1, size)
         # one gather of the 2size x 2size grid of corners (rows r0 then r1, columns c0 then c1),
@@ -315,11 +315,12 @@ class _Integral:
         it = torch.int32 if self.table.shape[0] < 2**31 else torch.long
         idx = rows.to(it).unsqueeze(2) + cols.to(it).unsqueeze(1)
         n = idx.shape[0]
-        g = self.table.index_select(0, idx.view(-1)).view(n, 2 * size, 2 * size, 3)
-        d = g[:, size:] - g[:, :size]
-        total = (d[:, :, size:] - d[:, :, :size]).to(torch.float32)
+        g = self.table.index_select(0, idx.view(-1)).view(n, 2 * size, 2 * size, 3).permute(0, 3, 1, 2)
+        d = torch.empty(n, 3, size, 2 * size, dtype=g.dtype, device=g.device)
+        torch.sub(g[:, :, size:], g[:, :, :size], out=d)
+        total = (d[..., size:] - d[..., :size]).to(torch.float32)
         area = (r1 - r0).to(torch.float32).unsqueeze(2) * (c1 - c0).to(torch.float32).unsqueeze(1)
-        return _normalise_(total.div_(area.unsqueeze(3)))
+        return _normalise_(total.div_(area.unsqueeze(1))).permute(0, 2, 3, 1)
 
 
 def _normalise_(x: torch.Tensor) -> torch.Tensor:
@@ -440,18 +441,19 @@ class MTCNN:
             sizes = [p[0].shape[0] for p in batch]
             same = all(p[0].shape[1] == bh and p[0].shape[2] == bw for p in batch)
             mask = None
+            # levels are (n, h, w, 3) views of NCHW memory: the nets get NCHW-contiguous input,
+            # which oneDNN takes as it is (an NHWC input costs it an extra reordering copy)
             if same:
-                x = torch.cat([p[0] for p in batch]) if len(batch) > 1 else batch[0][0]
+                x = torch.cat([p[0].permute(0, 3, 1, 2) for p in batch]) if len(batch) > 1 else batch[0][0].permute(0, 3, 1, 2)
             else:
-                x = torch.zeros(sum(sizes), bh, bw, 3, device=dev)
+                x = torch.zeros(sum(sizes), 3, bh, bw, device=dev)
                 mask = torch.ones(sum(sizes), 1, bh - 2, bw - 2, dtype=torch.bool, device=dev)
                 a = 0
                 for p in batch:
                     m, h, w = p[0].shape[:3]
-                    x[a:a + m, :h, :w] = p[0]
+                    x[a:a + m, :, :h, :w] = p[0].permute(0, 3, 1, 2)
                     mask[a:a + m, :, :h - 2, :w - 2] = False
                     a += m
-            x = x.permute(0, 3, 1, 2)  # NHWC memory = channels_last
             out = self._pnet_fast(x) if mask is None else self._pnet_masked(x, mask)
             prob = torch.sigmoid(out[:, 0])
             hit = prob >= t0
@@ -512,7 +514,7 @@ class MTCNN:
         for a in range(0, n, chunk):
             sl = slice(a, a + chunk)
             x = integral.crops(*(t[sl] for t in ranges), size)
-            outs.append(net(x.permute(0, 3, 1, 2)))  # NHWC memory = channels_last
+            outs.append(net(x.permute(0, 3, 1, 2)))  # NCHW-contiguous, as oneDNN takes it
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def _stage2(self, cand, integral: _Integral):
