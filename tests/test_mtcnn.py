@@ -386,3 +386,33 @@ def test_padded_pnet_batch_equals_unpadded_levels():
             oh, ow = _pnet_out_size(h), _pnet_out_size(w)
             assert alone.shape[1:] == (oh, ow)
             torch.testing.assert_close(padded[i, :, :oh, :ow], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_area_resampling_in_row_blocks_and_float64_tables():
+    """Images over 65,793 px get float64 summed-area tables; large levels are resampled in
+    several blocks of rows. Both must still equal torch's "area" interpolation."""
+    import torch
+    import torch.nn.functional as F
+
+    from arcpipe.detect.mtcnn import _Integral
+
+    rng = np.random.default_rng(6)
+    imgs = [rng.integers(0, 256, (301, 262, 3), dtype=np.uint8) for _ in range(2)]
+    integral = _Integral([torch.from_numpy(i) for i in imgs], torch.device("cpu"))
+    assert integral.dtype == torch.float64
+    norm = lambda t: (t - 127.5) * 0.0078125
+    (h, w, idx, _), = integral.groups
+    for oh, ow in [(290, 250), (177, 131), (13, 12)]:  # 290 rows of 250 take several blocks
+        ours = integral.level(0, oh, ow)
+        for j, k in enumerate(idx.tolist()):
+            src = torch.from_numpy(imgs[k]).permute(2, 0, 1)[None].double()
+            ref = F.interpolate(src, size=(oh, ow), mode="area")[0].permute(1, 2, 0)
+            torch.testing.assert_close(ours[j].double(), norm(ref), atol=2e-6, rtol=0)
+    boxes = [(0, 0, 0, 262, 301), (1, 17, 9, 250, 300), (1, 100, 120, 107, 128)]
+    k, x0, y0, x1, y1 = (torch.tensor(v) for v in zip(*boxes))
+    for size in (24, 48):
+        ours = integral.crops(k, x0, y0, x1, y1, size)
+        for n, (kk, a0, b0, a1, b1) in enumerate(boxes):
+            src = torch.from_numpy(imgs[kk][b0:b1, a0:a1]).permute(2, 0, 1)[None].double()
+            ref = F.interpolate(src, size=(size, size), mode="area")[0].permute(1, 2, 0)
+            torch.testing.assert_close(ours[n].double(), norm(ref), atol=2e-6, rtol=0)
