@@ -256,7 +256,12 @@ class _Integral:
         for (h, w), idx in by_shape.items():
             if device.type == "cpu":  # OpenCV's summed-area table: same integers, ~7x faster than two cumsums
                 depth = cv2.CV_32F if exact32 else cv2.CV_64F
-                per_image = torch.from_numpy(np.stack([cv2.integral(images[k].numpy(), sdepth=depth) for k in idx]))
+                per_image = torch.empty(len(idx), h + 1, w + 1, 3, dtype=self.dtype)
+                dst = per_image.numpy()
+                for j, k in enumerate(idx):  # written in place (no stacking copy)
+                    got = cv2.integral(images[k].numpy(), sum=dst[j], sdepth=depth)
+                    if not np.shares_memory(got, dst):
+                        dst[j] = got
             else:
                 x = torch.stack([images[k] for k in idx]).to(device=device, dtype=self.dtype)  # (B, H, W, 3)
                 per_image = torch.zeros(len(idx), h + 1, w + 1, 3, dtype=self.dtype, device=device)
