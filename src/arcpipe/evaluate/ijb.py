@@ -454,12 +454,8 @@ def _embed_rows(params, embedder, root: Path, lm: LandmarkRows, rows: np.ndarray
         img_path = crop_dir / lm.names[r]
         bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
         if bgr is None:
-            msg = f"{lmk_path}:{r + 1}: image {img_path} is missing or unreadable"
-            if params.on_bad_row == "error":
-                raise PipelineError(msg)
-            counts["skipped_unreadable"] += 1
-            if len(problems) < MAX_REPORTED:
-                problems.append(msg)
+            _bad_row(params, counts, problems, "skipped_unreadable",
+                     f"{lmk_path}:{r + 1}: image {img_path} is missing or unreadable")
             continue
         crop = norm_crop(bgr, lm.landmarks[r], 112)
         buf.append(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
@@ -470,6 +466,15 @@ def _embed_rows(params, embedder, root: Path, lm: LandmarkRows, rows: np.ndarray
     if not feats:
         raise PipelineError(f"{lmk_path}: no image could be embedded")
     return np.concatenate(feats), np.asarray(done, dtype=np.int64)
+
+
+def _bad_row(params, counts: dict, problems: list[str], kind: str, msg: str) -> None:
+    """A metadata row the protocol can do without: stop (on_bad_row: error) or count and report it."""
+    if params.on_bad_row == "error":
+        raise PipelineError(msg)
+    counts[kind] += 1
+    if len(problems) < MAX_REPORTED:
+        problems.append(msg)
 
 
 def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
@@ -501,12 +506,7 @@ def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
     for ln, why in lm.bad:
         if ln > limit:
             break
-        msg = f"{paths['lmk']}:{ln}: {why}"
-        if params.on_bad_row == "error":
-            raise PipelineError(msg)
-        counts["skipped_bad_landmarks"] += 1
-        if len(problems) < MAX_REPORTED:
-            problems.append(msg)
+        _bad_row(params, counts, problems, "skipped_bad_landmarks", f"{paths['lmk']}:{ln}: {why}")
     rows = np.flatnonzero(ok)
     feats, done = _embed_rows(params, embedder, root, lm, rows, paths["lmk"], problems, counts, log)
     counts["images_embedded"] = int(done.size)
