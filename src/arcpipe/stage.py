@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .errors import PipelineError
 from .fsutil import write_json_atomic
-from .params import Params, load_params, merged_dict, origin_of
+from .params import Params, load_params, origin_of
 
 log = logging.getLogger("arcpipe")
 
@@ -172,16 +172,19 @@ def run_stage(
     return 0
 
 
-def merged_params_file(paths: Sequence[str], out_dir: str | os.PathLike = ".snakemake/arcpipe") -> str:
-    """Write the merged params of several files to one content-addressed file (for Snakemake)."""
+def write_params_snapshot(merged: dict, out_dir: str | os.PathLike = ".snakemake/arcpipe") -> str:
+    """Write already-merged params to one content-addressed file and return its path.
+
+    Snakemake merges params.yaml, --configfile variants and --config itself; its rules hand the
+    stage scripts this one file, so the scripts see exactly what Snakemake merged.
+    """
     import yaml
 
-    text = yaml.safe_dump(merged_dict(paths), sort_keys=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    out = Path(out_dir) / f"params.{digest}.yaml"
+    text = yaml.safe_dump(dict(merged), sort_keys=True)
+    out = Path(out_dir) / f"params.{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, out)
     return str(out)

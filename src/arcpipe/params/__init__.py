@@ -164,10 +164,3 @@ def origin_of(key: str, paths: Iterable[str | os.PathLike]) -> str:
     paths = [str(p) for p in paths]
     files = [(p, load_yaml(p)) for p in paths]
     return _origin_of(key, _origins(files), paths[0] if paths else "params")
-
-
-def merged_dict(paths: Iterable[str | os.PathLike]) -> dict:
-    merged: dict = {}
-    for p in paths:
-        merged = deep_merge(merged, load_yaml(p))
-    return merged
