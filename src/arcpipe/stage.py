@@ -63,10 +63,6 @@ class StageContext:
     log: logging.Logger
     started: float = field(default_factory=time.time)
 
-    @property
-    def section(self) -> Any:
-        return getattr(self.params, self.name.split("_")[0], None)
-
     def params_digest(self) -> str:
         blob = json.dumps(self.params.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
