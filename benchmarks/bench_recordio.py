@@ -30,7 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from arcpipe.recordio import RecordReader, RecordWriter, encode_jpeg, unpack  # noqa: E402
+from arcpipe.imageio import encode_jpeg  # noqa: E402
+from arcpipe.recordio import RecordReader, RecordWriter, unpack  # noqa: E402
 
 MX_SIDE = textwrap.dedent('''
     import json, random, sys, time

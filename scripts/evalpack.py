@@ -1,6 +1,5 @@
-"""Stage `evalpack`: aligned verification sets + pairs lists -> <set>.bin packs."""
-from arcpipe.evalpack import run_evalpack
-from arcpipe.stage import run_stage
+"""Build verification .bin packs from aligned sets and their pairs lists: data/evalpack/<set>.bin. (arcpipe.stages.evalpack)"""
+from arcpipe.stages import main
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage("evalpack", run_evalpack))
+    raise SystemExit(main("evalpack"))

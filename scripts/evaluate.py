@@ -1,6 +1,5 @@
-"""Evaluate one face model on every benchmark in params.yaml `evaluate` (metrics/, plots/)."""
-from arcpipe.evaluate.stage import run_evaluate
-from arcpipe.stage import run_stage
+"""Evaluate one face model on every benchmark in params.yaml `evaluate` (metrics/, plots/). (arcpipe.stages.evaluate)"""
+from arcpipe.stages import main
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage("evaluate", run_evaluate))
+    raise SystemExit(main("evaluate"))

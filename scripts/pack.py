@@ -1,6 +1,5 @@
-"""Stage `pack`: aligned faces -> insightface RecordIO (train.rec, train.idx, property)."""
-from arcpipe.pack import run_pack
-from arcpipe.stage import run_stage
+"""Pack aligned faces into insightface training RecordIO: data/pack/ (train.rec/.idx, property). (arcpipe.stages.pack)"""
+from arcpipe.stages import main
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage("pack", run_pack))
+    raise SystemExit(main("pack"))

@@ -1,6 +1,5 @@
-"""Stage `sample`: generate the embedded sample data set (data/sample) from params.yaml `sample`."""
-from arcpipe.sample import run_sample
-from arcpipe.stage import run_stage
+"""Generate the embedded sample data set (data/sample) from params.yaml `sample`. (arcpipe.stages.sample)"""
+from arcpipe.stages import main
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage("sample", run_sample))
+    raise SystemExit(main("sample"))

@@ -9,17 +9,15 @@ import numpy as np
 import pandas as pd
 
 from arcpipe import align as A
-from arcpipe.align_stage import run_align
-from arcpipe.aligned import AlignedSet, landmarks_of
-from arcpipe.detect.stage import add_dataset_argument
+from arcpipe.align.aligned_set import AlignedSet, landmarks_of
 from arcpipe.imageio import decode_image, encode_jpeg
-from arcpipe.stage import run_stage
+from arcpipe.stages import main
 
 from test_detect_stage import _weights_or_skip, bad_input_files, detect, portrait, write_params
 
 
 def align(params, *args) -> int:
-    return run_stage("align", run_align, argv=["--params", str(params), *args], add_arguments=add_dataset_argument)
+    return main("align", ["--params", str(params), *args])
 
 
 def test_align_end_to_end(tmp_path, monkeypatch):

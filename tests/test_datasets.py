@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from arcpipe.datasets import FolderDataset, RecDataset, flip_of, make_sampler, to_tensor
-from arcpipe.recordio import IRHeader, RecordWriter, decode_rgb, encode_jpeg, pack
+from arcpipe.imageio import decode_rgb, encode_jpeg
+from arcpipe.recordio import IRHeader, RecordWriter, pack
 
 from test_pack import face
 

@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from arcpipe.detect.stage import add_dataset_argument, run_detect
-from arcpipe.stage import run_stage
+from arcpipe.stages import main
 
 PIL = pytest.importorskip("PIL", reason="Pillow (a matplotlib dependency) writes the CMYK and EXIF cases")
 from PIL import Image  # noqa: E402
@@ -86,7 +85,7 @@ def write_params(tmp: Path, datasets: dict, shards: int = 1, **detect) -> Path:
 
 
 def detect(params: Path, *args: str) -> int:
-    return run_stage("detect", run_detect, argv=["--params", str(params), *args], add_arguments=add_dataset_argument)
+    return main("detect", ["--params", str(params), *args])
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from arcpipe.errors import PipelineError
-from arcpipe.evalpack import EvalPackError, load_bin, read_pairs, run_evalpack, sha256_file, write_bin
-from arcpipe.recordio import decode_rgb
-from arcpipe.stage import run_stage
+from arcpipe.evalpack import EvalPackError, load_bin, read_lfw_pairs, write_bin
+from arcpipe.fsutil import sha256_file
+from arcpipe.imageio import decode_rgb
+from arcpipe.stages import main
 
 from test_pack import make_aligned
 
@@ -86,7 +87,7 @@ def pairs_text(folds: int, n: int, matched: list[str], mismatched: list[str]) ->
 def test_read_pairs_lfw_format_and_errors(tmp_path):
     txt = pairs_text(2, 1, ["Ann\t1\t2", "Bob\t1\t3"], ["Ann\t1\tBob\t2", "Bob\t3\tAnn\t2"])
     (tmp_path / "pairs.txt").write_text(txt)
-    pairs = read_pairs(tmp_path / "pairs.txt")
+    pairs = read_lfw_pairs(tmp_path / "pairs.txt")
     assert [(p.image1, p.image2, p.same, p.line, p.fold) for p in pairs] == [
         ("Ann/Ann_0001.jpg", "Ann/Ann_0002.jpg", True, 2, 0),
         ("Ann/Ann_0001.jpg", "Bob/Bob_0002.jpg", False, 3, 0),
@@ -94,10 +95,10 @@ def test_read_pairs_lfw_format_and_errors(tmp_path):
         ("Bob/Bob_0003.jpg", "Ann/Ann_0002.jpg", False, 5, 1)]
     (tmp_path / "bad.txt").write_text(txt.replace("Bob\t1\t3", "Bob\tone\t3"))
     with pytest.raises(EvalPackError, match=r"bad\.txt: line 4: expected"):
-        read_pairs(tmp_path / "bad.txt")
+        read_lfw_pairs(tmp_path / "bad.txt")
     (tmp_path / "short.txt").write_text("2\t1\nAnn\t1\t2\n")
     with pytest.raises(EvalPackError, match="4 lines, found 1"):
-        read_pairs(tmp_path / "short.txt")
+        read_lfw_pairs(tmp_path / "short.txt")
 
 
 def _lfw_setup(tmp_path: Path) -> Path:
@@ -122,7 +123,7 @@ def _run(tmp_path, monkeypatch, **extra) -> int:
               "evalpack": {"out_dir": str(tmp_path / "evalpack"),
                            "sets": {"lfw": {"dataset": "lfw", "pairs": str(tmp_path / "pairs.txt")}}, **extra}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return run_stage("evalpack", run_evalpack, ["--params", str(tmp_path / "params.yaml")])
+    return main("evalpack", ["--params", str(tmp_path / "params.yaml")])
 
 
 def test_evalpack_stage_builds_bin_and_counts_missing(tmp_path, monkeypatch):

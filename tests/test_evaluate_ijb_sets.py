@@ -4,9 +4,8 @@ import json
 import pytest
 import yaml
 
-from arcpipe.evaluate.stage import run_evaluate
 from arcpipe.params import ParamsError, load_params
-from arcpipe.stage import run_stage
+from arcpipe.stages import main
 from test_ijb import _write_ijb
 
 
@@ -27,7 +26,7 @@ def test_two_ijb_sets_and_one_switched_off(tmp_path, monkeypatch):
         "ijbc": {"root": root, "target": "IJBS", "fars": [0.1, 0.5]},
         "ijbx": None,
     })
-    assert run_stage("evaluate", run_evaluate, ["--params", str(params)]) == 0
+    assert main("evaluate", ["--params", str(params)]) == 0
     b = json.loads((tmp_path / "metrics" / "ijbb.json").read_text())
     c = json.loads((tmp_path / "metrics" / "ijbc.json").read_text())
     assert b["benchmark"] == "ijbb" and c["benchmark"] == "ijbc"

@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 from arcpipe.evaluate.model import PixelsEmbedder
-from arcpipe.evaluate.stage import run_evaluate
 from arcpipe.evaluate.verification import evaluate_embeddings
-from arcpipe.stage import run_stage
+from arcpipe.stages import main
 
 
 def _face(rng, base):
@@ -65,7 +64,7 @@ def test_stage_writes_metrics_equal_to_the_protocol(tmp_path, monkeypatch):
     bins, issame = make_pack(tmp_path / "a.bin", pairs=40, seed=0)
     make_pack(tmp_path / "b.bin", pairs=30, seed=1)
     params = write_params(tmp_path, {"set_a": tmp_path / "a.bin", "set_b": tmp_path / "b.bin"}, batch_size=7)
-    assert run_stage("evaluate", run_evaluate, ["--params", str(params)]) == 0
+    assert main("evaluate", ["--params", str(params)]) == 0
 
     m = json.loads((tmp_path / "metrics" / "set_a.json").read_text())
     # the same protocol on embeddings computed here, independently of the stage's decode loop
@@ -94,7 +93,7 @@ def test_no_flip_changes_the_embeddings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bins, issame = make_pack(tmp_path / "a.bin", pairs=20, seed=2)
     params = write_params(tmp_path, {"a": tmp_path / "a.bin"}, flip=False)
-    assert run_stage("evaluate", run_evaluate, ["--params", str(params)]) == 0
+    assert main("evaluate", ["--params", str(params)]) == 0
     m = json.loads((tmp_path / "metrics" / "a.json").read_text())
     want = evaluate_embeddings(PixelsEmbedder().embed(_decode(bins), flip=False), issame)
     assert m["flip"] is False and m["fold_acc"] == [float(x) for x in want.accuracy]
@@ -126,7 +125,7 @@ def test_bad_pack_fails_with_one_line_and_keeps_old_outputs(tmp_path, monkeypatc
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "old.json").write_text("{}")
     params = write_params(tmp_path, {"a": tmp_path / "a.bin", "b": b})
-    assert run_stage("evaluate", run_evaluate, ["--params", str(params)]) == 2
+    assert main("evaluate", ["--params", str(params)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert re.search(pattern, err[-1]), err[-1]
     # nothing half-written: the old folder is intact, the new set's file never appeared
@@ -163,7 +162,7 @@ def test_onnx_model_in_the_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_pack(tmp_path / "a.bin", pairs=20, seed=5)
     params = write_params(tmp_path, {"a": tmp_path / "a.bin"}, model={"kind": "onnx", "path": str(tmp_path / "lin.onnx")})
-    assert run_stage("evaluate", run_evaluate, ["--params", str(params)]) == 0
+    assert main("evaluate", ["--params", str(params)]) == 0
     m = json.loads((tmp_path / "metrics" / "a.json").read_text())
     assert m["model"]["name"] == "linear-test" and m["model"]["path"].endswith("lin.onnx")
     assert len(m["model"]["sha256"]) == 64 and m["model"]["embedding_size"] == 16

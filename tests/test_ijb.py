@@ -8,7 +8,7 @@ from sklearn.metrics import roc_curve
 
 from arcpipe.errors import PipelineError
 from arcpipe.evaluate.ijb import (evaluate_1to1, identify_1n, pool_templates, read_1n_csv, read_landmarks,
-                                  read_pairs, read_tid_mid, run_ijb, score_pairs, template_index)
+                                  read_template_pairs, read_tid_mid, run_ijb, score_pairs, template_index)
 from arcpipe.params.evaluate_bench import IJBParams
 
 
@@ -145,12 +145,12 @@ def test_readers_name_file_and_line(tmp_path):
     p = tmp_path / "ijbx_template_pair_label.txt"
     p.write_text("1 2 1\n3 4 0\n5 x 1\n")
     with pytest.raises(PipelineError, match=r"ijbx_template_pair_label.txt:3: .*'x'"):
-        read_pairs(p)
+        read_template_pairs(p)
     p.write_text("1 2 1\n3 4 2\n")
     with pytest.raises(PipelineError, match=r":2: label must be 0 or 1"):
-        read_pairs(p)
+        read_template_pairs(p)
     p.write_text("1 2 1\n3 4 0\n")
-    t1, t2, lab = read_pairs(p)
+    t1, t2, lab = read_template_pairs(p)
     assert t1.tolist() == [1, 3] and t2.tolist() == [2, 4] and lab.tolist() == [True, False]
     q = tmp_path / "tid.txt"
     q.write_text("a.jpg 1 1\nb.jpg 1\n")

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
+from arcpipe.fsutil import sha256_file
+
 from arcpipe.detect import MTCNN, Detections, choose_face, face_choice_scores, preset_for
 from arcpipe.detect import weights as W
 from arcpipe.photos import all_photos
@@ -57,7 +59,7 @@ def _iod(lm: np.ndarray) -> float:
 def test_weights_are_the_pinned_files():
     d = W.find_weights_dir()
     for name in W.NETS:
-        assert W._sha256(d / f"{name}.pt") == W.SHA256[name]
+        assert sha256_file(d / f"{name}.pt") == W.SHA256[name]
 
 
 def test_missing_weights_say_how_to_get_them(tmp_path):

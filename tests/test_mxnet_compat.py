@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcpipe.recordio import MAGIC_BYTES, IRHeader, RecordReader, RecordWriter, decode_rgb, encode_jpeg, pack, unpack
+from arcpipe.imageio import decode_rgb, encode_jpeg
+from arcpipe.recordio import MAGIC_BYTES, IRHeader, RecordReader, RecordWriter, pack, unpack
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.reference

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from arcpipe.pack import plan_pack, shard_bounds
+from arcpipe.pack import identity_blocks, plan_pack
+from arcpipe.imageio import decode_rgb, encode_jpeg
 from arcpipe.recordio import (
-    IRHeader, RecordReader, RecordWriter, decode_rgb, encode_jpeg, image_label, pack, read_layout,
+    IRHeader, RecordReader, RecordWriter, image_label, pack, read_layout,
     read_property, unpack,
 )
-from arcpipe.stage import run_stage
+from arcpipe.stages import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,9 +68,8 @@ def run_pack_stage(tmp_path: Path, monkeypatch, **pack_params) -> tuple[int, Pat
     params = {"align": {"out_dir": str(tmp_path / "align")},
               "pack": {"dataset": "train", "out_dir": str(tmp_path / "pack"), **pack_params}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    from arcpipe.pack import run_pack
 
-    rc = run_stage("pack", run_pack, ["--params", str(tmp_path / "params.yaml")])
+    rc = main("pack", ["--params", str(tmp_path / "params.yaml")])
     return rc, tmp_path / "pack"
 
 
@@ -85,7 +85,7 @@ def test_plan_orders_identities_and_rejects_with_reasons():
 
 
 def test_shard_bounds_are_contiguous_and_balanced():
-    b = shard_bounds([5, 5, 5, 5, 1, 1, 1, 1, 1, 1], 3)
+    b = identity_blocks([5, 5, 5, 5, 1, 1, 1, 1, 1, 1], 3)
     assert b[0][0] == 0 and b[-1][1] == 10 and all(x[1] == y[0] for x, y in zip(b, b[1:]))
     assert all(lo < hi for lo, hi in b)
 

@@ -8,7 +8,7 @@ import yaml
 
 from arcpipe.cli import dvc_overrides
 from arcpipe.params import ParamsError, deep_merge, load_params, load_yaml
-from arcpipe.stage import run_stage
+from arcpipe.runner import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 

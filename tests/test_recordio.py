@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from arcpipe.errors import PipelineError
+from arcpipe.imageio import decode_rgb, encode_jpeg
 from arcpipe.recordio import (
     MAGIC_BYTES, IRHeader, RecordIOError, RecordKeyError, RecordReader, RecordWriter,
-    decode_rgb, encode_jpeg, frame, label_of, pack, read_frame_at, unpack,
+    frame, label_of, pack, read_frame_at, unpack,
 )
 
 M = struct.pack("<I", 0xCED7230A)
@@ -257,10 +258,10 @@ def test_direct_and_plain_writes_give_the_same_file(tmp_path, where, monkeypatch
     import os
     import tempfile
 
-    from arcpipe import recordio
+    from arcpipe.recordio import writer
 
-    monkeypatch.setattr(recordio._RecSink, "CAP", 1 << 20)  # many buffer rotations, small test
-    monkeypatch.setattr(recordio, "_CHUNK_BYTES", 200_000)
+    monkeypatch.setattr(writer._RecSink, "CAP", 1 << 20)  # many buffer rotations, small test
+    monkeypatch.setattr(writer, "_CHUNK_BYTES", 200_000)
 
     if where == "shm":
         if not os.path.isdir("/dev/shm"):

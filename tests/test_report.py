@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from arcpipe.paper import MAIN_SETTING, PAPER_NUMBERS, SETTINGS, numbers_for
-from arcpipe.report import build_rows, load_metrics, render_csv, render_markdown, run_report
-from arcpipe.stage import run_stage
+from arcpipe.report import build_rows, load_metrics, render_csv, render_markdown
+from arcpipe.stages import main
 
 
 def _verif(name, acc, std=0.01, val=0.5):
@@ -82,7 +82,7 @@ def test_report_stage(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"evaluate": {"metrics_dir": str(tmp_path / "metrics")},
                                       "report": {"out_dir": str(tmp_path / "reports")}}))
-    assert run_stage("report", run_report, ["--params", str(params)]) == 0
+    assert main("report", ["--params", str(params)]) == 0
     out = tmp_path / "reports"
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.md", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
@@ -100,11 +100,11 @@ def test_bad_metrics_file_names_the_file(tmp_path, monkeypatch, capsys):
     (d / "broken.json").write_text("{not json")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"evaluate": {"metrics_dir": str(d)}, "report": {"out_dir": str(tmp_path / "r")}}))
-    assert run_stage("report", run_report, ["--params", str(params)]) == 2
+    assert main("report", ["--params", str(params)]) == 2
     assert "broken.json: not a readable metrics JSON file" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
     params.write_text(yaml.safe_dump({"evaluate": {"metrics_dir": str(tmp_path / "none")}}))
-    assert run_stage("report", run_report, ["--params", str(params)]) == 2
+    assert main("report", ["--params", str(params)]) == 2
     assert "metrics folder does not exist" in capsys.readouterr().err
 
 

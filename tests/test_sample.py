@@ -308,13 +308,12 @@ def test_params_are_strict(tmp_path):
 def test_impossible_request_leaves_no_output(tmp_path):
     out = tmp_path / "out"
     pfile = _params_file(tmp_path / "p.yaml", out, lfw_pairs_per_fold=500)
-    from arcpipe.sample import run_sample
-    from arcpipe.stage import run_stage
+    from arcpipe.stages import main
 
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        rc = run_stage("sample", run_sample, argv=["--params", str(pfile)])
+        rc = main("sample", ["--params", str(pfile)])
     finally:
         os.chdir(cwd)
     assert rc == 2

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from arcpipe.errors import PipelineError
-from arcpipe.sources import SourceError, open_source, shard_items
+from arcpipe.shards import bounds
+from arcpipe.sources import SourceError, open_source
 
 
 def _jpeg(seed: int) -> bytes:
@@ -30,9 +31,9 @@ def test_folder_order_identity_and_sharding(tmp_path):
     assert [i.source for i in items] == ["a/0.jpg", "a/1.jpg", "a/2.jpg", "a/notes.txt", "b/0.jpg", "b/1.jpg"]
     assert [i.identity for i in items] == ["a"] * 4 + ["b"] * 2
     assert src.read(items[0]) == _jpeg(0)
-    parts = [shard_items(items, i, 4) for i in range(4)]
+    parts = [items[slice(*bounds(len(items), i, 4))] for i in range(4)]
     assert sum(parts, []) == items and all(parts)
-    assert shard_items(items, 1, 4) == shard_items(src.items(), 1, 4)
+    assert parts[1] == src.items()[slice(*bounds(len(items), 1, 4))]
     (tmp_path / "a" / "0.jpg").unlink()
     with pytest.raises(SourceError, match="0.jpg"):
         src.read(items[0])

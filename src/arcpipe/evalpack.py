@@ -18,10 +18,10 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from .errors import PipelineError
-from .fsutil import write_bytes_atomic, write_json_atomic
+from .fsutil import write_bytes_atomic
 
-__all__ = ["load_bin", "write_bin", "dump_bin", "EvalPackError", "Pair", "read_pairs", "build_bin",
-           "run_evalpack", "sha256_file"]
+__all__ = ["load_bin", "write_bin", "dump_bin", "EvalPackError", "Pair", "build_bin",
+           "read_lfw_pairs"]
 
 log = logging.getLogger("arcpipe.evalpack")
 
@@ -130,14 +130,6 @@ def write_bin(path: str | Path, bins: Sequence[bytes], issame: Iterable[bool]) -
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- pairs lists
 
 @dataclass(frozen=True)
@@ -153,7 +145,7 @@ def lfw_image(name: str, number: int) -> str:
     return f"{name}/{name}_{number:04d}.jpg"
 
 
-def read_pairs(path: str | Path) -> list[Pair]:
+def read_lfw_pairs(path: str | Path) -> list[Pair]:
     """LFW pairs.txt: "<folds>\\t<n>", then per fold n matched and n mismatched lines."""
     path = Path(path)
     try:
@@ -244,35 +236,3 @@ def build_bin(aligned, pairs: Sequence[Pair], pairs_path: str | Path, on_missing
         "missing": [{"image": k, "reason": v} for k, v in sorted(missing.items())],
     }
     return bins, same, report
-
-
-def run_evalpack(ctx) -> dict:
-    """Stage body: one <set>.bin + <set>.json per evalpack.sets entry, summary.json beside them."""
-    from .pack import open_aligned
-
-    p = ctx.params.evalpack
-    out_dir = Path(p.out_dir)
-    align_dir = Path(ctx.params.align.out_dir)
-    sets_out = {}
-    totals = {"sets": 0, "pairs_listed": 0, "pairs_written": 0, "pairs_skipped": 0, "images_missing": 0}
-    for name, spec in sorted(p.sets.items()):
-        aligned = open_aligned(ctx.require_path(f"evalpack.sets.{name}.dataset", align_dir / spec.dataset))
-        pairs_path = ctx.require_path(f"evalpack.sets.{name}.pairs", spec.pairs)
-        pairs = read_pairs(pairs_path)
-        bins, same, report = build_bin(aligned, pairs, pairs_path, p.on_missing)
-        if not same:
-            raise EvalPackError(f"{pairs_path}: no pair has both images in {align_dir / spec.dataset}")
-        sha = write_bin(out_dir / f"{name}.bin", bins, same)
-        info = {"set": name, "dataset": spec.dataset, "pairs_file": str(pairs_path), "sha256": sha,
-                "on_missing": p.on_missing, **report}
-        write_json_atomic(out_dir / f"{name}.json", info)
-        ctx.log.info("%s: %d pairs written, %d skipped, %d images missing, sha256 %s",
-                     name, report["pairs_written"], report["pairs_skipped"], report["images_missing"], sha[:16])
-        sets_out[name] = {k: v for k, v in info.items() if k not in ("missing", "skipped_lines")}
-        totals["sets"] += 1
-        for k in ("pairs_listed", "pairs_written", "pairs_skipped", "images_missing"):
-            totals[k] += report[k]
-    counts = {"in": totals["pairs_listed"], "out": totals["pairs_written"],
-              "rejected": {"pair_with_missing_image": totals["pairs_skipped"]}, **totals, "per_set": sets_out}
-    ctx.write_summary(out_dir / "summary.json", counts)
-    return counts

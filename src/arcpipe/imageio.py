@@ -288,8 +288,24 @@ def _decode(data: bytes, max_pixels: int) -> Decoded:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """JPEG bytes of an RGB image, encoded by cv2 from BGR (the contract of the aligned set)."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover
+    """JPEG bytes of an RGB image, encoded by cv2 from BGR (as insightface's packers do; the
+    contract of the aligned set)."""
+    return encode_jpeg_bgr(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality)
+
+
+def encode_jpeg_bgr(bgr: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes of a BGR image (cv2's own channel order)."""
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - cv2 always encodes uint8 images
         raise ValueError("cv2.imencode failed")
     return buf.tobytes()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> RGB uint8 HxWx3 (cv2, 8-bit colour); ValueError when it is not an image.
+
+    For stored crops and packs; raw inputs go through decode_image, which handles every odd case."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if len(data) else None
+    if img is None:
+        raise ValueError("payload is not a decodable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

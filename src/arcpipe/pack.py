@@ -1,4 +1,4 @@
-"""The pack stage: aligned faces -> insightface training RecordIO (train.rec/.idx + property).
+"""Packing: aligned faces -> insightface training RecordIO (train.rec/.idx + property).
 
 Layout written (what insightface's MXFaceDataset reads):
   key 0            IRHeader flag 2, label (N+1, N+K+1), empty payload
@@ -11,8 +11,6 @@ global labels), and train_flat.rec: image records only, scalar labels, seeded sh
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,39 +19,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from .errors import PipelineError
-from .fsutil import atomic_path
-from .recordio import IRHeader, RecordReader, RecordWriter, decode_rgb, encode_jpeg, pack, write_property
+from .imageio import decode_rgb, encode_jpeg
+from .recordio import IRHeader, RecordWriter, pack
 
-__all__ = ["open_aligned", "plan_pack", "write_train_pack", "write_flat_pack", "run_pack", "shard_bounds"]
-
-log = logging.getLogger("arcpipe.pack")
-
-
-class _MinimalAligned:
-    """Contract-2 reader used only when arcpipe.aligned is not importable."""
-
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-        mpath = self.dir / "manifest.parquet"
-        if not mpath.is_file():
-            raise PipelineError(f"{mpath}: aligned-set manifest does not exist (run the align stage)")
-        self.manifest = pd.read_parquet(mpath)
-        self._reader: Optional[RecordReader] = None
-
-    def read_jpeg(self, key: int) -> bytes:
-        if self._reader is None:
-            self._reader = RecordReader(self.dir / "faces.rec", self.dir / "faces.idx")
-        return self._reader.unpack(int(key))[1]
-
-
-def open_aligned(directory: str | os.PathLike):
-    """The align stage's output for one data set (arcpipe.aligned.AlignedSet when available)."""
-    directory = Path(directory)
-    try:
-        from .aligned import AlignedSet
-    except ImportError:  # pragma: no cover - only before the align module exists
-        return _MinimalAligned(directory)
-    return AlignedSet(directory)
+__all__ = ["plan_pack", "write_train_pack", "write_flat_pack", "identity_blocks", "aligned_jpeg_quality", "image_size"]
 
 
 def aligned_jpeg_quality(directory: Path) -> Optional[int]:
@@ -97,7 +66,7 @@ def plan_pack(manifest: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
-def shard_bounds(label_counts: Sequence[int], shards: int) -> list[tuple[int, int]]:
+def identity_blocks(label_counts: Sequence[int], shards: int) -> list[tuple[int, int]]:
     """Split identities 0..C-1 into `shards` contiguous blocks of about equal image counts."""
     counts = np.asarray(label_counts, dtype=np.int64)
     c = len(counts)
@@ -176,80 +145,6 @@ def write_flat_pack(rec_path: Path, rows: pd.DataFrame, aligned, reencode: Optio
     return np.asarray(train_keys, dtype=np.int64)
 
 
-def _image_size(aligned, align_key: int) -> tuple[int, int]:
+def image_size(aligned, align_key: int) -> tuple[int, int]:
     rgb = decode_rgb(aligned.read_jpeg(int(align_key)))
     return int(rgb.shape[0]), int(rgb.shape[1])
-
-
-def run_pack(ctx) -> dict:
-    """Stage body: data/align/<pack.dataset>/ -> pack.out_dir (train.rec, train.idx, property, ...)."""
-    p = ctx.params.pack
-    src = ctx.require_path("pack.dataset", Path(ctx.params.align.out_dir) / p.dataset)
-    out = Path(p.out_dir)
-    aligned = open_aligned(src)
-    plan = plan_pack(aligned.manifest)
-    packed = plan[plan["pack_status"] == "packed"].sort_values("pack_key")
-    if packed.empty:
-        raise PipelineError(f"{src}/manifest.parquet: no row has both a crop and an identity; nothing to pack")
-    align_q = aligned_jpeg_quality(src)
-    if align_q is None:
-        align_q = ctx.params.align.jpeg_quality
-        ctx.log.warning("%s/summary.json records no jpeg_quality; assuming align.jpeg_quality = %d", src, align_q)
-    reencode = None if p.quality == align_q else p.quality
-    num_classes = int(packed["pack_label"].max()) + 1
-    h, w = _image_size(aligned, int(packed["align_key"].iloc[0]))
-    shards = ctx.shard_count(p.shards)
-    only = ctx.shard[0] if ctx.shard is not None else None
-
-    out.mkdir(parents=True, exist_ok=True)
-    files = {}
-    plan["shard"] = -1
-    plan["shard_key"] = -1
-    if shards == 1:
-        if only in (None, 0):
-            files["train.rec"] = write_train_pack(out / "train.rec", packed, aligned, reencode, p.durable)
-        plan.loc[packed.index, "shard"] = 0
-        plan.loc[packed.index, "shard_key"] = packed["pack_key"].to_numpy()
-    else:
-        counts = np.bincount(packed["pack_label"].to_numpy(), minlength=num_classes)
-        for i, (c0, c1) in enumerate(shard_bounds(counts, shards)):
-            part = packed[(packed["pack_label"] >= c0) & (packed["pack_label"] < c1)]
-            plan.loc[part.index, "shard"] = i
-            plan.loc[part.index, "shard_key"] = np.arange(1, len(part) + 1)
-            if only is None or only == i:
-                name = f"train_{i:03d}.rec"
-                files[name] = write_train_pack(out / name, part, aligned, reencode, p.durable, desc=f"shard {i}")
-    plan["flat_key"] = -1
-    if p.flat_shuffled and only in (None, 0):
-        order = write_flat_pack(out / "train_flat.rec", packed, aligned, reencode, p.seed, p.durable)
-        flat_of = pd.Series(np.arange(len(order)), index=order)
-        plan.loc[packed.index, "flat_key"] = flat_of.loc[packed["pack_key"].to_numpy()].to_numpy()
-        files["train_flat.rec"] = {"images": len(order), "bytes": (out / "train_flat.rec").stat().st_size}
-    write_property(out / "property", num_classes, h, w)
-
-    cols = [c for c in ["row", "source", "identity", "status", "pack_status", "pack_reason", "pack_label",
-                        "pack_key", "align_key", "shard", "shard_key", "flat_key"] if c in plan.columns]
-    manifest = plan[cols].rename(columns={"pack_label": "label", "pack_key": "key", "pack_status": "packed",
-                                          "pack_reason": "reason", "status": "align_status"})
-    manifest["packed"] = manifest["packed"] == "packed"
-    with atomic_path(out / "manifest.parquet") as tmp:
-        manifest.to_parquet(tmp, index=False)
-
-    rejected = plan.loc[plan["pack_status"] != "packed", "pack_reason"].value_counts().sort_index()
-    counts = {
-        "in": int(len(plan)),
-        "out": int(len(packed)),
-        "rejected": {str(k): int(v) for k, v in rejected.items()},
-        "num_classes": num_classes,
-        "image_size": [h, w],
-        "quality": p.quality,
-        "align_jpeg_quality": align_q,
-        "reencoded": reencode is not None,
-        "shards": shards,
-        "flat_shuffled": bool(p.flat_shuffled),
-        "seed": p.seed,
-        "files": files,
-    }
-    name = "summary.json" if only is None else f"summary_shard{only:03d}.json"
-    ctx.write_summary(out / name, counts)
-    return counts

@@ -1,6 +1,6 @@
-"""The report stage: every measured number beside the paper's number for the same setting.
+"""The report: every measured number beside the paper's number for the same setting.
 
-Reads <evaluate.metrics_dir>/*.json (not summary.json), writes into report.out_dir:
+From <evaluate.metrics_dir>/*.json (not summary.json) the report stage writes into report.out_dir:
     results.md     the table, the paper's setting, the model and data that produced our numbers
     results.csv    one row per (benchmark, metric): ours, paper, delta, setting, notes
     summary.json   the stage summary
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .errors import PipelineError
-from .fsutil import atomic_path
 from .paper import MAIN_SETTING, PAPER_NUMBERS, SETTINGS, PaperNumber
 
-__all__ = ["run_report", "load_metrics", "measured_numbers", "build_rows", "render_markdown", "render_csv"]
+__all__ = ["load_metrics", "measured_numbers", "build_rows", "render_markdown", "render_csv"]
 
 # display order and names of the benchmarks
 ORDER = ["lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp", "ytf", "megaface", "ijbb", "ijbc"]
@@ -261,20 +260,3 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
         w.writerow({k: ("" if r[k] is None else (repr(round(r[k], 6)) if isinstance(r[k], float) else r[k]))
                     for k in CSV_COLUMNS})
     return buf.getvalue()
-
-
-def run_report(ctx) -> dict[str, Any]:
-    metrics_dir = ctx.params.evaluate.metrics_dir
-    metrics = load_metrics(metrics_dir)
-    rows = build_rows(metrics)
-    out_dir = Path(ctx.params.report.out_dir)
-    measured = sum(r["ours"] is not None for r in rows)
-    counts = {"metrics_files": len(metrics), "rows": len(rows), "measured": measured,
-              "with_paper_number": sum(r["ours"] is not None and r["paper"] is not None for r in rows)}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        (tmp / "results.md").write_text(render_markdown(rows, metrics), encoding="utf-8")
-        (tmp / "results.csv").write_text(render_csv(rows), encoding="utf-8")
-        (tmp / "summary.json").write_text(json.dumps(ctx.summary_record(counts), indent=2, sort_keys=True) + "\n")
-    ctx.log.info("report: %d rows, %d measured, written to %s", len(rows), measured, out_dir)
-    return counts

@@ -2,8 +2,8 @@
 
     src = open_source("folder", "data/sample/train/folder")
     items = src.items()                  # deterministic: sorted, same order every run
-    part = shard_items(items, i, k)      # stable split by index (contiguous blocks)
     data = src.read(item)                # bytes; raises SourceError(one line) when unreadable
+    content_hash(data)                   # the fingerprint detect records and align checks
 
 Formats: folder (<identity>/<image>), ms1m_tsv (7-column TSV with base64 JPEGs), archive (tar,
 tar.gz/bz2/xz, zip: read in place, never extracted), rec (an existing RecordIO pack), lfw,
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
@@ -48,14 +50,18 @@ class Item:
     error: str = ""  # known-unreadable while listing: the reason
 
 
-def shard_items(items: list, index: int, count: int) -> list:
-    """Shard `index` of `count`: a contiguous block, the same for the same item list."""
-    n = len(items)
-    return items[index * n // count:(index + 1) * n // count]
+def content_hash(data: bytes) -> str:
+    """Cheap fingerprint of an input's bytes (the align stage checks the image did not change)."""
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}{len(data):x}"
 
 
-def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
-    return index * n // count, (index + 1) * n // count
+def items_fingerprint(items: list["Item"]) -> str:
+    """16 hex digits identifying an item list (its source keys, in order)."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(it.source.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def _sorted_files(root: Path) -> list[Path]:

@@ -6,7 +6,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from arcpipe.params import ParamsError, validate
-from arcpipe.stage import write_params_snapshot
+from arcpipe.runner import write_params_snapshot
+from arcpipe.stages.code import stage_code  # the code each rule runs: an input, so code changes rerun it
 
 try:
     PARAMS = validate(config, default="config (params.yaml + --configfile/--config)")

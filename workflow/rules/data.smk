@@ -34,8 +34,7 @@ def _parts(stage_dir, shards):
 rule sample:
     input:
         script="scripts/sample.py",
-        code="src/arcpipe/sample",
-        detector="src/arcpipe/detect",
+        code=stage_code("sample"),
     output:
         directory(config["sample"]["out_dir"]),
     params:
@@ -49,6 +48,7 @@ rule sample:
 rule detect_part:
     input:
         script="scripts/detect.py",
+        code=stage_code("detect"),
         source=lambda w: source_of(w.dataset),
     output:
         f"{DETECT}/{{dataset}}/parts/part-{{i}}-of-{{k}}.parquet",
@@ -66,6 +66,7 @@ rule detect_part:
 rule detect:
     input:
         script="scripts/detect.py",
+        code=stage_code("detect"),
         source=lambda w: source_of(w.dataset),
         parts=_parts(DETECT, config["detect"]["shards"]),
     output:
@@ -84,6 +85,7 @@ rule detect:
 rule align_part:
     input:
         script="scripts/align.py",
+        code=stage_code("align"),
         detect=f"{DETECT}/{{dataset}}/manifest.parquet",
         source=lambda w: source_of(w.dataset),
     output:
@@ -103,6 +105,7 @@ rule align_part:
 rule align:
     input:
         script="scripts/align.py",
+        code=stage_code("align"),
         detect=f"{DETECT}/{{dataset}}/manifest.parquet",
         source=lambda w: source_of(w.dataset),
         parts=_parts(ALIGN, config["align"]["shards"]),
@@ -127,6 +130,7 @@ rule align:
 rule pack:
     input:
         script="scripts/pack.py",
+        code=stage_code("pack"),
         rec=f"{ALIGN}/{config['pack']['dataset']}/faces.rec",
         manifest=f"{ALIGN}/{config['pack']['dataset']}/manifest.parquet",
     output:
@@ -143,6 +147,7 @@ rule pack:
 rule evalpack:
     input:
         script="scripts/evalpack.py",
+        code=stage_code("evalpack"),
         aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
     output:
         directory(config["evalpack"]["out_dir"]),

@@ -4,6 +4,7 @@
 rule evaluate:
     input:
         script="scripts/evaluate.py",
+        code=stage_code("evaluate"),
         evalpack=config["evalpack"]["out_dir"],
         aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
         benchmarks=sorted({in_dag(p) for p in (
@@ -25,6 +26,7 @@ rule evaluate:
 rule report:
     input:
         script="scripts/report.py",
+        code=stage_code("report"),
         metrics=config["evaluate"]["metrics_dir"],
     output:
         directory(config["report"]["out_dir"]),

@@ -6,7 +6,6 @@ We only read those three files: the package is installed with --no-deps and neve
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from arcpipe.errors import PipelineError
+from arcpipe.fsutil import sha256_file
 
 NETS = ("pnet", "rnet", "onet")
 
@@ -61,14 +61,6 @@ def find_weights_dir(weights_dir: str | os.PathLike | None = None) -> Path:
     return d
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_state_dicts(weights_dir: str | os.PathLike | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """The three state dicts as published (keys such as conv1.weight, prelu1.weight, dense4.weight),
     after checking each file's pinned sha256."""
@@ -78,7 +70,7 @@ def load_state_dicts(weights_dir: str | os.PathLike | None = None) -> dict[str, 
         path = d / f"{name}.pt"
         key = str(path.resolve())
         if _verified.get(key) != SHA256[name]:
-            digest = _sha256(path)
+            digest = sha256_file(path)
             if digest != SHA256[name]:
                 raise PipelineError(f"{path}: sha256 {digest} is not the pinned {SHA256[name]} of facenet-pytorch 2.6.0's {name}.pt: {HOW_TO_GET}")
             _verified[key] = digest

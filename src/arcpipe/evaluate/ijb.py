@@ -49,7 +49,7 @@ from .roc import (ceil_rank, far_key, merge_top_k, roc_plot_rows, roc_points, ta
 __all__ = [
     "read_tid_mid",
     "read_landmarks",
-    "read_pairs",
+    "read_template_pairs",
     "read_1n_csv",
     "media_weights",
     "pool_templates",
@@ -159,7 +159,7 @@ def _read_int_table(path: Path, ncols: int, what: str) -> np.ndarray:
     raise _bad(path, 1, f"could not be read as '{what}'")
 
 
-def read_pairs(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_template_pairs(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """<t>_template_pair_label.txt -> (t1, t2, label bool)."""
     path = Path(path)
     if path.stat().st_size == 0:
@@ -434,7 +434,7 @@ def _embed_rows(params, embedder, root: Path, lm: LandmarkRows, rows: np.ndarray
     import cv2
     from tqdm import tqdm
 
-    from ..align import norm_crop
+    from ..align.transform import norm_crop
 
     crop_dir = root / "loose_crop"
     bs = max(1, int(getattr(embedder, "batch_size", 64) or 64))
@@ -520,7 +520,7 @@ def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
     counts["templates"] = int(all_t.size)
     counts["templates_without_images"] = int(all_t.size - uniq_t.size)
 
-    t1, t2, labels = read_pairs(paths["pairs"])
+    t1, t2, labels = read_template_pairs(paths["pairs"])
     if params.max_images is not None:
         known = np.isin(t1, all_t) & np.isin(t2, all_t)
         counts["pairs_outside_max_images"] = int(np.count_nonzero(~known))

@@ -265,7 +265,7 @@ def _embed_set(aset, rows, embedder, flip: bool, batch: int, desc: str) -> Itera
 
 def run_megaface(params, embedder, ctx=None) -> dict[str, Any]:
     """Probe set vs distractor set (aligned sets), raw and, with both noise lists, refined."""
-    from ..aligned import AlignedSet
+    from ..align.aligned_set import AlignedSet
 
     probes = AlignedSet(params.probe_set)
     distr = AlignedSet(params.distractor_set)

@@ -34,7 +34,6 @@ the same path and suffix .json (model.pt -> model.json).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -44,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import PipelineError
-from ..fsutil import atomic_path, write_json_atomic
+from ..fsutil import atomic_path, sha256_file, write_json_atomic
 
 __all__ = [
     "Sidecar",
@@ -57,7 +56,6 @@ __all__ = [
     "find_sidecar",
     "preprocess",
     "export_torchscript",
-    "file_sha256",
 ]
 
 ALIGNED_SIZE = 112
@@ -133,14 +131,6 @@ def load_sidecar(path: str | os.PathLike) -> Sidecar:
         loc = ".".join(str(p) for p in err["loc"]) or "(top)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise PipelineError(f"{path}: {loc}: {msg}") from None
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_aligned(rgb: np.ndarray) -> np.ndarray:
@@ -262,9 +252,9 @@ class _SidecarEmbedder(Embedder):
         return {
             "kind": self.kind,
             "path": str(self.path),
-            "sha256": file_sha256(self.path),
+            "sha256": sha256_file(self.path),
             "sidecar": str(self.sidecar_path),
-            "sidecar_sha256": file_sha256(self.sidecar_path),
+            "sidecar_sha256": sha256_file(self.sidecar_path),
             "embedding_size": self.embedding_size,
             "name": sc.name or self.path.stem,
             "architecture": sc.architecture,

@@ -110,7 +110,7 @@ def _pick_frames(n: int, max_frames: Optional[int]) -> np.ndarray:
 def run_ytf(params, embedder, ctx=None) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from ..aligned import AlignedSet
+    from ..align.aligned_set import AlignedSet
 
     splits, a, b, same = read_splits(params.pairs)
     aset = AlignedSet(params.frames)

@@ -4,6 +4,6 @@
 and as an MS-Celeb-1M TSV, an LFW-style verification set, an IJB-style template set and a
 MegaFace-style probe/distractor set, with known noise recorded in ground_truth.json.
 """
-from .generate import GROUND_TRUTH, Plan, build, plan_sample, run_sample
+from .generate import GROUND_TRUTH, Plan, build, plan_sample
 
-__all__ = ["GROUND_TRUTH", "Plan", "build", "plan_sample", "run_sample"]
+__all__ = ["GROUND_TRUTH", "Plan", "build", "plan_sample"]

@@ -19,14 +19,13 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import PipelineError
-from ..fsutil import atomic_path
 from ..params.sample import SampleParams
 from . import layouts
 from .identities import IdentitySpec, make_spec, render_identity
 from .names import freebase_mids, person_names
 from .noise import CORRUPT_KINDS, corrupt_file_bytes, corrupt_tsv_field
 from .render import View, render_non_face, render_view
-from .sources import base_faces, non_face_images
+from .base_faces import base_faces, non_face_images
 
 GROUND_TRUTH = "ground_truth.json"
 
@@ -507,17 +506,3 @@ def _build_megaface(plan: Plan, w: Writer, probe_keys: list[str], distractor_key
     return {"probes": len(names), "probe_images": n_probe_images + len(fs_noise),
             "distractors": len(distractor_keys) + len(mf_noise),
             "groups": math.ceil((len(distractor_keys) + len(mf_noise)) / group_size)}
-
-
-# --- stage body -----------------------------------------------------------------------------
-
-def run_sample(ctx) -> dict[str, Any]:
-    """`python scripts/sample.py`: build data/sample atomically, with summary.json and ground truth."""
-    params: SampleParams = ctx.params.sample
-    out = Path(params.out_dir)
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        counts = build(params, tmp, ctx.log)
-        ctx.write_summary(tmp / "summary.json", counts)
-    ctx.log.info("wrote %s: %d files, %.1f MB", out, counts["files"], counts["bytes"] / 1e6)
-    return counts

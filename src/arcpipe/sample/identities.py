@@ -14,7 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .sources import CANVAS, BaseFace, apply_affine
+from ..align.transform import transform_points
+from .base_faces import CANVAS, BaseFace
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def render_identity(base: BaseFace, spec: IdentitySpec) -> tuple[np.ndarray, np.
     geo = np.array([[spec.aspect, spec.shear, 0.0], [0.0, 1.0, 0.0]])
     geo[:, 2] = c - geo[:, :2] @ c
     img = cv2.warpAffine(img, geo, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-    lmk = apply_affine(geo, lmk)
+    lmk = transform_points(lmk, geo)
     img = _tone(img, spec)
     img = _background(img, lmk, spec)
     img = _accessories(img, lmk, spec)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .sources import apply_affine
+from ..align.transform import transform_points
+from ..imageio import encode_jpeg_bgr
 
 # Per data set: (width range, height/width ratio range, inter-ocular distance as a fraction of
 # the width, face centre jitter as a fraction of the width). LFW is fixed at 250x250.
@@ -38,14 +39,7 @@ class View:
         return face_box(self.landmarks, self.image.shape[1], self.image.shape[0])
 
     def jpeg(self) -> bytes:
-        return encode_jpeg(self.image, self.quality)
-
-
-def encode_jpeg(bgr: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover - cv2 always encodes uint8 BGR
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
+        return encode_jpeg_bgr(self.image, self.quality)
 
 
 def face_box(lmk: np.ndarray, w: int, h: int) -> tuple[float, float, float, float]:
@@ -93,7 +87,7 @@ def render_view(canon: np.ndarray, lmk: np.ndarray, style: str, rng: np.random.G
     if noise > 0:
         f = f + rng.normal(0.0, noise / 255.0, size=f.shape).astype(np.float32)
     img = np.clip(np.rint(f * 255.0), 0, 255).astype(np.uint8)
-    return View(img, np.round(apply_affine(m, lmk), 2), quality)
+    return View(img, np.round(transform_points(lmk, m), 2), quality)
 
 
 def render_non_face(gray_or_bgr: np.ndarray, rng: np.random.Generator) -> View:

@@ -2,7 +2,7 @@
 
 A stage script is thin:
 
-    from arcpipe.stage import run_stage
+    from arcpipe.runner import run_stage
 
     def body(ctx):            # ctx: StageContext
         ...                   # read ctx.params.<section>, write outputs atomically

@@ -1,12 +1,11 @@
-"""The align stage: detect manifest + raw images -> aligned faces (contract 2 in arcpipe.aligned).
+"""Align detected faces to the ArcFace template: data/align/<NAME>/ (faces.rec/.idx, manifest).
 
     python scripts/align.py --dataset NAME [--shard I/K] [--workers N]
 
 Reads data/detect/NAME/manifest.parquet and the raw images again through arcpipe.sources (the
-`source` key locates each image; its content hash must match what detect saw). Rows with
-landmarks are warped onto the template (arcpipe.align.norm_crop); fallback rows without
-landmarks are cropped from their box and resized, as the reference scripts do. Every input row
-stays in the manifest: rejected ones keep status and reason, key -1.
+`source` key locates each image; its content hash must match what detect saw), and makes each
+row's crop (arcpipe.align.crops). Every input row stays in the manifest: rejected ones keep
+status and reason, key -1.
 
 Writes data/align/NAME/: faces.rec, faces.idx, manifest.parquet, summary.json,
 contact_sheet.jpg, and parts/ (per shard: parquet + rec + idx; reused when their digest
@@ -20,88 +19,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import align as A
-from .aligned import (BOX_COLUMNS, CONTACT_SHEET, IDX, LANDMARK_COLUMNS, MANIFEST, REC, STATUS_WITH_CROP,
-                      SUMMARY, identity_labels)
-from .contact_sheet import encode_sheet, make_contact_sheet
-from .detect.stage import (batches, content_hash, dataset_config, digest_of, invalidate, map_batches,
-                           part_is_complete, part_path, reconcile, write_parquet_atomic, write_part)
-from .errors import PipelineError
-from .fsutil import write_bytes_atomic
-from .imageio import decode_image, encode_jpeg
-from .sources import SourceError, open_source, shard_bounds
+from ..align.aligned_set import CONTACT_SHEET, IDX, MANIFEST, REC, SUMMARY, identity_labels
+from ..align.contact_sheet import aligned_set_sheet
+from ..align.crops import align_batch, init_worker
+from ..columns import STATUS_WITH_CROP
+from ..errors import PipelineError
+from ..fsutil import write_bytes_atomic
+from ..imageio import decode_image, decode_rgb
+from ..recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
+from ..shards import (bounds, digest_of, invalidate, map_batches, part_is_complete, part_path, reconcile,
+                      write_parquet_atomic, write_part)
+from ..sources import SourceError, content_hash, open_source
+from .datasets import add_arguments, dataset_config, run_each
 
-_W: dict[str, Any] = {}
+__all__ = ["run", "add_arguments"]
 
-
-def _init_worker(fmt: str, root: str, size: int, quality: int, margin: float, max_pixels: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-    _W.clear()
-    _W.update(source=open_source(fmt, root), size=size, quality=quality, margin=margin, max_pixels=max_pixels)
+BATCH = 64
 
 
-def _align_batch(work: list[tuple[dict, Any]]) -> list[tuple[dict, bytes | None]]:
-    """(manifest row, item) -> (updates for the row, JPEG of the aligned face or None)."""
-    src, size = _W["source"], _W["size"]
-    out = []
-    for row, item in work:
-        upd: dict[str, Any] = {}
-        if row["status"] not in STATUS_WITH_CROP:
-            out.append((upd, None))
-            continue
-        try:
-            data = src.read(item)
-        except SourceError as e:
-            out.append(({"status": "align_failed", "reason": f"cannot read the image again: {e}"}, None))
-            continue
-        if row["content"] and content_hash(data) != row["content"]:
-            out.append(({"status": "align_failed", "reason": "image bytes changed since detection"}, None))
-            continue
-        d = decode_image(data, _W["max_pixels"])
-        if not d.ok:
-            out.append(({"status": "align_failed", "reason": f"{d.status}: {d.reason}"}, None))
-            continue
-        lm = np.array([row[c] for c in LANDMARK_COLUMNS], dtype=np.float64).reshape(5, 2)
-        try:
-            if np.isfinite(lm).all():
-                M = A.estimate_norm(lm, size)
-                face = A.warp(d.image, M, size)
-                err = float(np.sqrt(((A.transform_points(lm, M) - A.template(size)) ** 2).sum(1)).mean())
-                upd["align_error"] = err * 112.0 / size  # in pixels of a 112 crop
-            else:
-                box = [row[c] for c in BOX_COLUMNS]
-                margin = _W["margin"] if row["origin"] == "given_box" else 0.0
-                face = A.crop_box(d.image, box, size, margin)
-        except ValueError as e:
-            out.append(({"status": "align_failed", "reason": str(e)}, None))
-            continue
-        out.append((upd, encode_jpeg(face, _W["quality"])))
-    return out
+def run(ctx) -> dict[str, Any]:
+    return run_each(ctx, align_dataset)
 
 
 def _write_part_rec(rec_path: Path, keyed: list[tuple[int, int, bytes]]) -> None:
-    from .recordio import IRHeader, RecordWriter, pack
-
     with RecordWriter(rec_path, rec_path.with_suffix(".idx")) as w:
         for key, label, jpeg in keyed:
             w.write(key, pack(IRHeader(0, float(label), key, 0), jpeg))
 
 
-def run_align(ctx) -> dict[str, Any]:
-    name = getattr(ctx.args, "dataset", None)
-    datasets = ctx.params.detect.datasets
-    if name is None and ctx.shard is None and len(datasets) > 1:
-        return {"datasets": {n: align_dataset(ctx, n) for n in datasets}}
-    if name is None and len(datasets) == 1:
-        name = next(iter(datasets))
-    return align_dataset(ctx, name)
-
-
 def align_dataset(ctx, name) -> dict[str, Any]:
-    from .recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
-
     p = ctx.params.align
     name, cfg = dataset_config(ctx, name)
     count = ctx.shard_count(p.shards)
@@ -131,10 +77,11 @@ def align_dataset(ctx, name) -> dict[str, Any]:
             ctx.log.info("%s: part %d/%d complete, reused", name, i, count)
             continue
         invalidate(out_dir, (MANIFEST, SUMMARY, REC, IDX, CONTACT_SHEET))
-        lo, hi = shard_bounds(len(rows), i, count)
-        work = batches([(r, by_key[r["source"]]) for r in rows[lo:hi]], 64)
+        lo, hi = bounds(len(rows), i, count)
+        sel = [(r, by_key[r["source"]]) for r in rows[lo:hi]]
+        work = [sel[a:a + BATCH] for a in range(0, len(sel), BATCH)]
         part_rows, keyed = [], []
-        it = map_batches(_align_batch, work, ctx.workers, _init_worker,
+        it = map_batches(align_batch, work, ctx.workers, init_worker,
                          (cfg.format, cfg.source, p.image_size, p.jpeg_quality, p.box_margin,
                           ctx.params.detect.max_pixels), desc=f"align {name} {i}/{count}")
         k = lo
@@ -190,35 +137,17 @@ def align_dataset(ctx, name) -> dict[str, Any]:
 
 
 def _contact_sheet(df: pd.DataFrame, out_dir: Path, source, by_key: dict, p, ctx) -> bytes:
-    import cv2
-
-    from .recordio import RecordReader, unpack
-
-    n = p.contact_sheet
-    faces_df = df[df["key"] >= 0]
-    pick = faces_df.iloc[np.linspace(0, len(faces_df) - 1, min(n, len(faces_df))).astype(int)] if len(faces_df) else faces_df
     reader = RecordReader(out_dir / REC, out_dir / IDX)
-    faces = []
-    size = p.image_size
-    for _, row in pick.iterrows():
-        jpeg = unpack(reader.read(int(row["key"])))[1]
-        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        lm = np.array([row[c] for c in LANDMARK_COLUMNS], np.float64).reshape(5, 2)
-        pts = None
-        if np.isfinite(lm).all():
-            pts = A.transform_points(lm, A.estimate_norm(lm, size)) * (112.0 / size)
-        if size != 112:
-            rgb = cv2.resize(rgb, (112, 112), interpolation=cv2.INTER_AREA)
-        faces.append((rgb, pts, f"{row['status']} {row['identity']}"[:20]))
-    reader.close()
-    rejects = []
-    rej = df[df["key"] < 0].head(max(n // 6, 4))
-    for _, row in rej.iterrows():
-        rgb = None
+
+    def read_reject(row):
         try:
             d = decode_image(source.read(by_key[row["source"]]), ctx.params.detect.max_pixels)
-            rgb = d.image if d.ok else None
+            return d.image if d.ok else None
         except SourceError:
-            pass
-        rejects.append((rgb, f"{row['status']}: {row['reason']}"))
-    return encode_sheet(make_contact_sheet(faces, rejects, template=A.template(112)))
+            return None
+
+    try:
+        return aligned_set_sheet(df, lambda key: decode_rgb(unpack(reader.read(key))[1]), read_reject,
+                                 p.image_size, p.contact_sheet)
+    finally:
+        reader.close()

@@ -1,4 +1,8 @@
-"""The evaluate stage: embed every benchmark with one model, run each protocol, write metrics
+"""Evaluate one face model on every benchmark in params.yaml `evaluate` (metrics/, plots/).
+
+    python scripts/evaluate.py
+
+Embeds every benchmark with one model and runs each protocol (arcpipe.evaluate); writes metrics
 DVC understands.
 
 Outputs (both folders are rebuilt whole and renamed into place at the end, so a failure leaves
@@ -20,98 +24,24 @@ the previous ones untouched):
 from __future__ import annotations
 
 import csv
-import importlib
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import PipelineError
+from ..evaluate.ijb import run_ijb
+from ..evaluate.megaface import run_megaface
+from ..evaluate.model import load_embedder
+from ..evaluate.packs import verify_bin
+from ..evaluate.ytf import run_ytf
 from ..fsutil import atomic_path, write_json_atomic
-from .model import Embedder, file_sha256, load_embedder
-from .verification import evaluate_embeddings
 
-__all__ = ["run_evaluate", "decode_bin_images", "embed_bins", "verify_bin", "write_csv", "BENCHES"]
-
-DECODE_CHUNK = 1024
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-# params section name -> (module, function) of the other benchmarks
-BENCHES = {
-    "ijb": ("arcpipe.evaluate.ijb", "run_ijb"),
-    "megaface": ("arcpipe.evaluate.megaface", "run_megaface"),
-    "ytf": ("arcpipe.evaluate.ytf", "run_ytf"),
-}
-
-
-def decode_bin_images(bins: list[bytes], start: int, stop: int, path: str) -> np.ndarray:
-    """JPEG/PNG bytes bins[start:stop] -> RGB uint8 (n, 112, 112, 3); errors name the image."""
-    import cv2
-
-    out = np.empty((stop - start, 112, 112, 3), dtype=np.uint8)
-    for i in range(start, stop):
-        b = bins[i]
-        img = cv2.imdecode(np.frombuffer(b, dtype=np.uint8), cv2.IMREAD_COLOR) if len(b) else None
-        if img is None:
-            raise PipelineError(f"{path}: image {i} (pair {i // 2}) is not a decodable image")
-        if img.shape[:2] != (112, 112):
-            raise PipelineError(f"{path}: image {i} (pair {i // 2}) is {img.shape[1]}x{img.shape[0]}; "
-                                "expected an aligned 112x112 face")
-        out[i - start] = img[:, :, ::-1]
-    return out
-
-
-def embed_bins(bins: list[bytes], embedder: Embedder, flip: bool, path: str, desc: str = "") -> tuple[np.ndarray, np.ndarray | None]:
-    """Embed every image of a pack (decoded in chunks): (raw, raw of the flip or None), float32."""
-    n = len(bins)
-    a = np.empty((n, embedder.embedding_size), dtype=np.float32)
-    b = np.empty_like(a) if flip else None
-    with tqdm(total=n, desc=desc or Path(path).name, unit="img", disable=None) as bar:
-        for s in range(0, n, DECODE_CHUNK):
-            e = min(n, s + DECODE_CHUNK)
-            va, vb = embedder.embed_views(decode_bin_images(bins, s, e, path), flip)
-            a[s:e] = va
-            if b is not None:
-                b[s:e] = vb
-            bar.update(e - s)
-    return a, b
-
-
-def _load_pack(path: str) -> tuple[list[bytes], np.ndarray]:
-    from ..evalpack import load_bin
-
-    bins, issame = load_bin(path)
-    issame = np.asarray(issame, dtype=bool).reshape(-1)
-    if len(bins) != 2 * issame.shape[0]:
-        raise PipelineError(f"{path}: {len(bins)} images for {issame.shape[0]} pairs; "
-                            f"a verification pack holds exactly 2 images per pair")
-    return bins, issame
-
-
-def verify_bin(name: str, path: str, embedder: Embedder, flip: bool, folds: int, far_target: float,
-               log=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One verification set: (metrics dict, ROC columns)."""
-    bins, issame = _load_pack(path)
-    if issame.shape[0] < folds:
-        raise PipelineError(f"{path}: {issame.shape[0]} pairs cannot make {folds} folds (evaluate.folds)")
-    a, b = embed_bins(bins, embedder, flip, path, desc=name)
-    res = evaluate_embeddings(a, issame, folds=folds, far_target=far_target, flipped=b)
-    raw = a.astype(np.float64) if b is None else a.astype(np.float64) + b.astype(np.float64)
-    metrics = {
-        "benchmark": name,
-        "protocol": "verification-10fold" if folds == 10 else f"verification-{folds}fold",
-        **res.to_dict(),
-        "flip": bool(flip),
-        "xnorm": float(np.mean(np.linalg.norm(raw, axis=1))),
-        "data": {"path": str(path), "sha256": file_sha256(path), "images": len(bins)},
-    }
-    roc = {"threshold": np.round(res.roc_thresholds, 6), "fpr": res.fpr, "tpr": res.tpr}
-    if log is not None:
-        log.info("%s: acc %.5f +- %.5f, VAL %.5f @ FAR %.5f (target %g), %d pairs",
-                 name, res.acc_mean, res.acc_std, res.val_mean, res.far_mean, far_target, res.n_pairs)
-    return metrics, roc
+# params section name -> the function that runs that benchmark
+BENCHES: dict[str, Callable[..., dict]] = {"ijb": run_ijb, "megaface": run_megaface, "ytf": run_ytf}
 
 
 def write_csv(path: Path, columns: dict[str, Any] | list[dict[str, Any]]) -> None:
@@ -131,15 +61,6 @@ def write_csv(path: Path, columns: dict[str, Any] | list[dict[str, Any]]) -> Non
             w.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
 
 
-def _bench_function(section: str) -> Callable[..., dict]:
-    mod_name, fn_name = BENCHES[section]
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise PipelineError(f"evaluate.{section}: the benchmark module {mod_name} is not available ({e})") from None
-    return getattr(mod, fn_name)
-
-
 def _bench_runs(p) -> list[tuple[str, str, Any]]:
     """(section, metrics name, params) for each benchmark to run: every IJB set by its name."""
     runs: list[tuple[str, str, Any]] = []
@@ -152,7 +73,7 @@ def _bench_runs(p) -> list[tuple[str, str, Any]]:
     return runs
 
 
-def run_evaluate(ctx) -> dict[str, Any]:
+def run(ctx) -> dict[str, Any]:
     p = ctx.params.evaluate
     for name, path in p.verification.items():
         ctx.require_path(f"evaluate.verification.{name}", path)
@@ -177,7 +98,7 @@ def run_evaluate(ctx) -> dict[str, Any]:
             counts["benchmarks"].append(name)
             counts["pairs"][name] = metrics["pairs"]
         for section, name, params in benches:
-            fn = _bench_function(section)
+            fn = BENCHES[section]
             result = dict(fn(params, embedder, ctx) or {})
             if section != "ijb":
                 name = str(result.get("benchmark") or name)

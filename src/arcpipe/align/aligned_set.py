@@ -5,7 +5,7 @@
     manifest.parquet        one row per input image, rejected ones included
     summary.json            counts that reconcile: in = aligned + rejected by status
 
-    s = AlignedSet("data/align/train")
+    s = AlignedSet("data/align/train")     # from arcpipe.align import AlignedSet
     s.faces                       # rows with a crop (key >= 0)
     s.read_rgb(key)               # HxWx3 uint8 RGB
     for row, rgb in s.iter_faces(): ...
@@ -19,7 +19,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .errors import PipelineError
+from ..columns import BOX_COLUMNS, LANDMARK_COLUMNS
+from ..errors import PipelineError
 
 MANIFEST = "manifest.parquet"
 SUMMARY = "summary.json"
@@ -27,9 +28,6 @@ REC = "faces.rec"
 IDX = "faces.idx"
 CONTACT_SHEET = "contact_sheet.jpg"
 
-LANDMARK_COLUMNS = [f"lmk_{c}{i}" for i in range(1, 6) for c in "xy"]
-BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
-STATUS_WITH_CROP = ("ok", "fallback")
 
 
 def landmarks_of(row) -> np.ndarray:
@@ -67,14 +65,14 @@ class AlignedSet:
 
     def _rec(self):
         if self._reader is None:
-            from .recordio import RecordReader
+            from ..recordio import RecordReader
 
             self._reader = RecordReader(self.dir / REC, self.dir / IDX)
         return self._reader
 
     def read_record(self, key: int):
         """(IRHeader, JPEG bytes) stored under `key`."""
-        from .recordio import unpack
+        from ..recordio import unpack
 
         return unpack(self._rec().read(int(key)))
 

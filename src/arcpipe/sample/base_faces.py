@@ -16,6 +16,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from ..align.transform import similarity_lstsq, transform_points
 from ..errors import PipelineError
 from ..photos import grace_hopper_path, insightface_images, read_bgr
 
@@ -115,24 +116,6 @@ def find_faces(photos: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]
     return detect_landmarks_batch(photos)
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, shift) src -> dst as a 2x3 matrix."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    s, d = src - ms, dst - md
-    norm = (s ** 2).sum()
-    a = (s[:, 0] * d[:, 0] + s[:, 1] * d[:, 1]).sum() / norm
-    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / norm
-    m = np.array([[a, -b, 0.0], [b, a, 0.0]])
-    m[:, 2] = md - m[:, :2] @ ms
-    return m
-
-
-def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return np.asarray(pts, np.float64) @ m[:, :2].T + m[:, 2]
-
-
 @lru_cache(maxsize=1)
 def base_faces() -> tuple[BaseFace, ...]:
     """Every usable real face on the canonical canvas, in a fixed order (cached per process)."""
@@ -142,11 +125,11 @@ def base_faces() -> tuple[BaseFace, ...]:
         # several faces in one photo (t1): left to right, so names are stable
         found = sorted(found, key=lambda f: float(f[0][:, 0].mean()))
         for k, (lmk, score) in enumerate(found):
-            m = similarity(lmk, CANON_LANDMARKS)
+            m = similarity_lstsq(lmk, CANON_LANDMARKS)
             canon = cv2.warpAffine(bgr, m, (CANVAS, CANVAS), flags=cv2.INTER_CUBIC,
                                    borderMode=cv2.BORDER_REPLICATE)
             fname = name if len(found) == 1 else f"{name}_{k}"
-            faces.append(BaseFace(fname, name, canon, np.round(apply_affine(m, lmk), 2), round(float(score), 4), tiny))
+            faces.append(BaseFace(fname, name, canon, np.round(transform_points(lmk, m), 2), round(float(score), 4), tiny))
     if not faces:
         raise PipelineError("sample: no face found in any base photo")
     return tuple(faces)

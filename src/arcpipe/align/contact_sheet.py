@@ -51,3 +51,27 @@ def encode_sheet(sheet: np.ndarray, quality: int = 90) -> bytes:
     if not ok:  # pragma: no cover
         raise ValueError("contact sheet: JPEG encoding failed")
     return buf.tobytes()
+
+
+def aligned_set_sheet(manifest, read_rgb, read_reject, image_size: int, n: int) -> bytes:
+    """The JPEG contact sheet of an aligned set: up to `n` crops spread over the manifest, with
+    their landmarks mapped into the crop, and a few rejects as decoded by `read_reject(row)`
+    (RGB or None). `read_rgb(key)` returns a stored crop."""
+    from . import transform as A
+    from ..columns import LANDMARK_COLUMNS
+
+    faces_df = manifest[manifest["key"] >= 0]
+    pick = faces_df.iloc[np.linspace(0, len(faces_df) - 1, min(n, len(faces_df))).astype(int)] if len(faces_df) else faces_df
+    faces = []
+    for _, row in pick.iterrows():
+        rgb = read_rgb(int(row["key"]))
+        lm = np.array([row[c] for c in LANDMARK_COLUMNS], np.float64).reshape(5, 2)
+        pts = None
+        if np.isfinite(lm).all():
+            pts = A.transform_points(lm, A.estimate_norm(lm, image_size)) * (112.0 / image_size)
+        if image_size != 112:
+            rgb = cv2.resize(rgb, (112, 112), interpolation=cv2.INTER_AREA)
+        faces.append((rgb, pts, f"{row['status']} {row['identity']}"[:20]))
+    rejects = [(read_reject(row), f"{row['status']}: {row['reason']}")
+               for _, row in manifest[manifest["key"] < 0].head(max(n // 6, 4)).iterrows()]
+    return encode_sheet(make_contact_sheet(faces, rejects, template=A.template(112)))

@@ -1,0 +1,67 @@
+"""Aligned crops: what the align stage makes of each detect manifest row (library).
+
+A process-pool worker is set up once (`init_worker`: the source, crop size, JPEG quality) and
+turns a batch of (manifest row, Item) into (row updates, JPEG of the aligned face or None). Rows
+with landmarks are warped onto the template (norm_crop's transform); fallback rows without
+landmarks are cropped from their box and resized, as the reference scripts do. The image bytes
+must be those detect saw (their content hash).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..columns import BOX_COLUMNS, LANDMARK_COLUMNS, STATUS_WITH_CROP
+from ..imageio import decode_image, encode_jpeg
+from ..sources import SourceError, content_hash, open_source
+from . import transform as A
+
+_W: dict[str, Any] = {}
+
+
+def init_worker(fmt: str, root: str, size: int, quality: int, margin: float, max_pixels: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    _W.clear()
+    _W.update(source=open_source(fmt, root), size=size, quality=quality, margin=margin, max_pixels=max_pixels)
+
+
+def align_batch(work: list[tuple[dict, Any]]) -> list[tuple[dict, bytes | None]]:
+    """(manifest row, item) -> (updates for the row, JPEG of the aligned face or None)."""
+    src, size = _W["source"], _W["size"]
+    out = []
+    for row, item in work:
+        upd: dict[str, Any] = {}
+        if row["status"] not in STATUS_WITH_CROP:
+            out.append((upd, None))
+            continue
+        try:
+            data = src.read(item)
+        except SourceError as e:
+            out.append(({"status": "align_failed", "reason": f"cannot read the image again: {e}"}, None))
+            continue
+        if row["content"] and content_hash(data) != row["content"]:
+            out.append(({"status": "align_failed", "reason": "image bytes changed since detection"}, None))
+            continue
+        d = decode_image(data, _W["max_pixels"])
+        if not d.ok:
+            out.append(({"status": "align_failed", "reason": f"{d.status}: {d.reason}"}, None))
+            continue
+        lm = np.array([row[c] for c in LANDMARK_COLUMNS], dtype=np.float64).reshape(5, 2)
+        try:
+            if np.isfinite(lm).all():
+                M = A.estimate_norm(lm, size)
+                face = A.warp(d.image, M, size)
+                err = float(np.sqrt(((A.transform_points(lm, M) - A.template(size)) ** 2).sum(1)).mean())
+                upd["align_error"] = err * 112.0 / size  # in pixels of a 112 crop
+            else:
+                box = [row[c] for c in BOX_COLUMNS]
+                margin = _W["margin"] if row["origin"] == "given_box" else 0.0
+                face = A.crop_box(d.image, box, size, margin)
+        except ValueError as e:
+            out.append(({"status": "align_failed", "reason": str(e)}, None))
+            continue
+        out.append((upd, encode_jpeg(face, _W["quality"])))
+    return out
