@@ -1,6 +1,6 @@
 # Set-up and the two everyday commands. Everything lands in .venv (created if absent).
 #   make repro   install, then run the whole DAG on the embedded sample (dvc repro)
-#   make test    install, then run the test suite
+#   make test    install, build the two reference venvs, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,10 +9,17 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # CPU build by default; on a GPU server install your CUDA torch first (any 2.x) and it is kept.
 TORCH_SPEC ?= torch==2.13.0
 MXNET_VENV ?= .venv-mxnet
+FNP_VENV ?= .venv-fnp
+# what `make test` builds before pytest; `make test REFERENCE_VENVS=` skips them (their tests then
+# skip, or fail under CI=true)
+REFERENCE_VENVS ?= mxnet-ref fnp-ref
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.arcpipe-installed
+REF := benchmarks/reference
+MXNET_STAMP := $(MXNET_VENV)/.arcpipe-reference
+FNP_STAMP := $(FNP_VENV)/.arcpipe-reference
 
-.PHONY: install repro snakemake test test-all mxnet-ref clean-outputs
+.PHONY: install repro snakemake test test-all mxnet-ref fnp-ref reference-venvs clean-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,18 +43,33 @@ repro: install
 snakemake: install
 	$(BIN)/snakemake --cores all --rerun-triggers input params code
 
-# The mxnet reference for the RecordIO compatibility test: mxnet 1.9.1 imports only beside numpy<1.24.
-# Best effort: where it cannot be built (no wheels for this Python) the test skips and says why.
-$(MXNET_VENV)/bin/python:
-	-$(PYTHON) -m venv $(MXNET_VENV) && $(MXNET_VENV)/bin/pip install --quiet "numpy==1.23.5" "mxnet==1.9.1" "opencv-python-headless==4.8.1.78" \
-	  || { echo "mxnet reference not installed: the compatibility test will skip"; rm -rf $(MXNET_VENV); }
+# The reference venvs that tests marked `reference` run as subprocesses (pins and reasons in
+# $(REF)/requirements-*.txt). A build that fails stops make; a second run only checks the stamp.
+# mxnet 1.9.1 (numpy 1.23.5) for the RecordIO byte-compatibility test: seconds, ~0.4 GB.
+$(MXNET_STAMP): $(REF)/requirements-mxnet.txt
+	$(PYTHON) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/pip install --quiet -r $(REF)/requirements-mxnet.txt
+	$(MXNET_VENV)/bin/python -c "import cv2, mxnet; assert mxnet.__version__ == '1.9.1', mxnet.__version__"
+	touch $@
 
-mxnet-ref: $(MXNET_VENV)/bin/python
+# facenet-pytorch 2.6.0 for the MTCNN parity test: PyPI's torch + torchvision, ~1.5 min, ~5.5 GB.
+$(FNP_STAMP): $(REF)/requirements-fnp.txt
+	$(PYTHON) -m venv $(FNP_VENV)
+	$(FNP_VENV)/bin/pip install --quiet -r $(REF)/requirements-fnp.txt
+	$(FNP_VENV)/bin/pip install --quiet --no-deps "facenet-pytorch==2.6.0"
+	$(FNP_VENV)/bin/python -c "import facenet_pytorch.models.mtcnn"
+	touch $@
 
-test: install mxnet-ref
+mxnet-ref: $(MXNET_STAMP)
+
+fnp-ref: $(FNP_STAMP)
+
+reference-venvs: mxnet-ref fnp-ref
+
+test: install $(REFERENCE_VENVS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-all: install mxnet-ref
+test-all: install $(REFERENCE_VENVS)
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 clean-outputs:

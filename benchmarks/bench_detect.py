@@ -5,12 +5,9 @@ Tom_Hanks_54745.png, scikit-image's astronaut, matplotlib's grace_hopper.jpg), e
 face scaled to an LFW-like size (eye distance 40-52 px), rotated up to 10 degrees, some mirrored.
 Settings: the LFW preset (minsize 20, thresholds 0.6/0.7/0.9, factor 0.85).
 
-The reference runs in a side venv (never committed) that has torchvision; build it with
-    python3 -m venv /tmp/venv-fnp
-    /tmp/venv-fnp/bin/pip install torch torchvision numpy pillow requests tqdm
-    /tmp/venv-fnp/bin/pip install --no-deps facenet-pytorch==2.6.0
-then
-    .venv/bin/python benchmarks/bench_detect.py --ref-python /tmp/venv-fnp/bin/python
+The reference runs in a side venv (never committed) that has torchvision: .venv-fnp, which
+`make test` builds (alone: `make fnp-ref`, pins in benchmarks/reference/requirements-fnp.txt); then
+    .venv/bin/python benchmarks/bench_detect.py --ref-python .venv-fnp/bin/python
 
 Printed: images/s of each side at 1 thread one image per call, 1 thread batches of --batch-size,
 all threads batched (the reference as a new user runs it), ours with one single-threaded

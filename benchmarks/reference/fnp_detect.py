@@ -1,15 +1,17 @@
 """Run facenet-pytorch's MTCNN (the reference) on images from an .npz and save its detections.
 
-Runs in a side venv that has torch, torchvision and facenet-pytorch 2.6.0 (see
-benchmarks/bench_detect.py for how to build it). Reads `images` (either one uint8 array
-NxHxWx3 or keys img0000.. of any sizes); writes boxes/scores/landmarks concatenated over
-images with per-image counts, and the seconds the detection took.
+Runs in a side venv that has torch, torchvision and facenet-pytorch 2.6.0: .venv-fnp, which
+`make fnp-ref` builds from requirements-fnp.txt beside this file. Reads `images` (either one uint8
+array NxHxWx3 or keys img0000.. of any sizes); writes boxes/scores/landmarks concatenated over
+images with per-image counts, the seconds the detection took, and which reference ran
+(`reference`: "facenet-pytorch <version>").
 
   python fnp_detect.py --images in.npz --out out.npz --minsize 20 --thresholds 0.6 0.7 0.9 \
       --factor 0.85 --batch-size 32 --threads 1
 """
 import argparse
 import time
+from importlib.metadata import version
 
 import numpy as np
 import torch
@@ -62,7 +64,8 @@ def main() -> None:
         counts.append(len(boxes[-1]))
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape, np.float32)
     np.savez(a.out, boxes=cat(boxes, (0, 4)), scores=cat(scores, (0,)), landmarks=cat(lms, (0, 5, 2)),
-             counts=np.asarray(counts, np.int64), seconds=np.float64(secs), cpu_seconds=np.float64(cpu), threads=np.int64(torch.get_num_threads()))
+             counts=np.asarray(counts, np.int64), seconds=np.float64(secs), cpu_seconds=np.float64(cpu), threads=np.int64(torch.get_num_threads()),
+             reference=np.str_(f"facenet-pytorch {version('facenet-pytorch')}"))
     print(f"reference: {len(images)} images in {secs:.2f} s, {len(images) / secs:.1f} images/s, torch threads {torch.get_num_threads()}")
 
 
