@@ -29,7 +29,7 @@ def both():
 
 
 def _stage_name(job) -> str:
-    base = re.sub(r"_part$", "", job["rule"])
+    base = re.sub(r"_(part|list)$", "", job["rule"])
     ds = job["wildcards"].get("dataset")
     return f"{base}@{ds}" if ds else base
 
@@ -42,7 +42,7 @@ def test_same_stages(both):
 def test_same_scripts_and_arguments(both):
     dvc, jobs = both
     for j in jobs:
-        if j["rule"].endswith("_part"):
+        if j["rule"].endswith(("_part", "_list")):
             continue
         name = _stage_name(j)
         assert script_call(j["shell"]) == script_call(dvc[name]["cmd"]), name
@@ -53,8 +53,8 @@ def test_same_outputs(both):
     for j in jobs:
         name = _stage_name(j)
         outs = {_norm(o) for o in j["output"]}
-        if j["rule"].endswith("_part"):
-            continue  # parts are a resume cache inside the stage's folder, undeclared in DVC
+        if j["rule"].endswith(("_part", "_list")):
+            continue  # parts and the listing are a resume cache inside the stage's folder, undeclared in DVC
         assert outs == dvc[name]["outs"], name
 
 
@@ -105,6 +105,9 @@ def test_shards_become_jobs(tmp_path):
     parts = [j for j in jobs if j["rule"] == "detect_part" and j["wildcards"]["dataset"] == "train"]
     assert sorted(j["wildcards"]["i"] for j in parts) == ["00000", "00001", "00002"]
     assert all("--shard" in j["shell"] for j in parts)
+    lists = [j for j in jobs if j["rule"] == "detect_list" and j["wildcards"]["dataset"] == "train"]
+    assert len(lists) == 1 and "--list" in lists[0]["shell"]
+    assert all(lists[0]["output"][0] in j["input"] for j in parts)  # every shard starts from the one listing
     align_parts = [j for j in jobs if j["rule"] == "align_part" and j["wildcards"]["dataset"] == "lfw"]
     assert len(align_parts) == 2
 

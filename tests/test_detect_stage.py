@@ -179,6 +179,52 @@ def test_no_face_policies(tmp_path, monkeypatch):
     assert read("drop")["status"].tolist() == ["no_face", "no_face"]
 
 
+def test_a_shard_reads_only_its_own_images(tmp_path, monkeypatch, face):
+    """Shard 1 of 2 works from the listing: shard 0's files may be gone (it never opens them)."""
+    _weights_or_skip()
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+    for k in range(4):
+        (raw / f"id{k}").mkdir(parents=True)
+        (raw / f"id{k}" / "0.jpg").write_bytes(cv2.imencode(".jpg", np.roll(face, 9 * k, axis=1)[:, :, ::-1])[1].tobytes())
+    params = write_params(tmp_path, {"d": {"source": str(raw), "format": "folder", "preset": "deploy"}}, shards=2)
+    assert detect(params, "--dataset", "d", "--list") == 0
+    listing = tmp_path / "detect" / "d" / "listing.parquet"
+    before = listing.stat().st_mtime_ns
+    assert detect(params, "--dataset", "d", "--list", "--shard", "0/2") == 2
+    for k in (0, 1):  # rows 0 and 1: shard 0
+        (raw / f"id{k}" / "0.jpg").unlink()
+    assert detect(params, "--dataset", "d", "--shard", "1/2") == 0
+    part = pd.read_parquet(tmp_path / "detect" / "d" / "parts" / "part-00001-of-00002.parquet")
+    assert part["row"].tolist() == [2, 3] and (part["status"] == "ok").all()
+    assert part["loc"].tolist() == ['["id2/0.jpg"]', '["id3/0.jpg"]']
+    assert listing.stat().st_mtime_ns == before  # shard jobs never rewrite the listing
+
+
+def test_listing_is_kept_when_unchanged_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tsv = tmp_path / "faces.tsv"
+    row = lambda mid, k: f"{mid}\t{k}\turl\tpage\tfid\trect\t{base64.b64encode(b'x' * (k + 1)).decode()}\n"
+    tsv.write_text("".join(row(m, k) for m, k in [("m.1", 0), ("m.1", 1), ("m.2", 2)]))
+    params = write_params(tmp_path, {"t": {"source": str(tsv), "format": "ms1m_tsv", "preset": "ms1m"}}, shards=2)
+    assert detect(params, "--dataset", "t", "--list") == 0
+    listing = tmp_path / "detect" / "t" / "listing.parquet"
+    from arcpipe.shards import read_rows
+    from arcpipe.sources import frame_items, listing_meta, open_source
+
+    items = frame_items(read_rows(listing, 1, 3))
+    assert [it.source for it in items] == ["faces.tsv:2", "faces.tsv:3"]
+    assert open_source("ms1m_tsv", tsv).read(items[1]) == b"x" * 3  # the locator seeks straight to its row
+    meta = listing_meta(listing)
+    assert meta["rows"] == 3 and meta["format"] == "ms1m_tsv" and meta["needs_detector"] is True
+    with open(tsv, "a") as f:
+        f.write(row("m.3", 3))
+    assert detect(params, "--dataset", "t", "--shard", "0/2") == 2  # stale listing: one line, no part
+    assert not (tmp_path / "detect" / "t" / "parts").exists()
+    assert detect(params, "--dataset", "t", "--list") == 0
+    assert listing_meta(listing)["rows"] == 4
+
+
 def test_shards_resume_and_stale_parts(tmp_path, monkeypatch, face):
     _weights_or_skip()
     monkeypatch.chdir(tmp_path)
@@ -190,6 +236,9 @@ def test_shards_resume_and_stale_parts(tmp_path, monkeypatch, face):
     ds = {"d": {"source": str(raw), "format": "folder", "preset": "deploy"}}
     params = write_params(tmp_path, ds, shards=2)
     out = tmp_path / "detect" / "d"
+    assert detect(params, "--dataset", "d", "--shard", "1/2") == 2  # a shard starts from the listing
+    assert not (out / "parts").exists()
+    assert detect(params, "--dataset", "d", "--list") == 0
     assert detect(params, "--dataset", "d", "--shard", "1/2") == 0
     assert (out / "parts" / "part-00001-of-00002.parquet").is_file()
     assert not (out / "manifest.parquet").exists()  # a shard alone is not the data set

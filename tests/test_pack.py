@@ -171,3 +171,27 @@ def test_pack_stage_script_fails_cleanly_without_input(tmp_path):
     assert proc.returncode == 2
     assert "pack.dataset" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "pack" / "train.rec").exists()
+
+
+def test_a_failure_in_the_flat_copy_leaves_the_previous_pack_whole(tmp_path, monkeypatch, capsys):
+    """The pack is one output: a disk that fills up while the flat copy is written leaves the
+    previous train.rec, property and manifest exactly as they were, and no temporary folder."""
+    make_aligned(tmp_path / "align" / "train", sample_rows())
+    rc, out = run_pack_stage(tmp_path, monkeypatch, flat_shuffled=True)
+    assert rc == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    make_aligned(tmp_path / "align" / "train", sample_rows()[:-3])  # fewer images: a different pack
+
+    import arcpipe.stages.pack as stage
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stage, "write_flat_pack", disk_full)
+    rc, out = run_pack_stage(tmp_path, monkeypatch, flat_shuffled=True)
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pack: error: unexpected OSError") and "No space left on device" in err[-1]
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
+    assert "Traceback" in (tmp_path / "logs" / "pack.log").read_text()

@@ -289,3 +289,42 @@ def test_direct_and_plain_writes_give_the_same_file(tmp_path, where, monkeypatch
             import shutil
 
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("relabel", [False, True])
+def test_append_pack_gives_the_bytes_of_writing_each_record(tmp_path, relabel):
+    """Merging parts by copying their bytes (labels patched in place) equals writing every record
+    again: plain records take the copy, a record split by the magic number and a vector label
+    take the record-by-record path, and idx offsets shift by what came before."""
+    rng = np.random.default_rng(1)
+    recs = [[(k, float(k % 3), rng.integers(0, 256, 40 + 7 * k, dtype=np.uint8).tobytes()) for k in range(1, 30)],
+            [(k, 2.0, rng.integers(0, 256, 64, dtype=np.uint8).tobytes()) for k in range(30, 40)]]
+    recs[1][3] = (33, 1.0, b"ab" + M + b"cd" * 5 + M)  # holds the magic: written split
+    parts = []
+    for i, part in enumerate(recs):
+        rec = tmp_path / f"part{i}.rec"
+        with RecordWriter(rec) as w:
+            for k, lab, payload in part:
+                w.write(k, pack(IRHeader(0, lab, k, 0), payload))
+        parts.append(rec)
+    vec = tmp_path / "vec.rec"
+    with RecordWriter(vec) as w:
+        w.write(40, pack(IRHeader(2, [4.0, 5.0], 40, 0), b"v" * 9))
+    parts.append(vec)
+    flat = [r for part in recs for r in part]
+    new = {k: (7.0 - lab if relabel else lab) for k, lab, _ in flat}
+    new[40] = 9.0
+    expect = tmp_path / "expect.rec"
+    with RecordWriter(expect) as w:
+        for k, lab, payload in flat:
+            w.write(k, pack(IRHeader(0, new[k], k, 0), payload))
+        w.write(40, pack(IRHeader(0, 9.0, 40, 0), b"v" * 9))
+    got = tmp_path / "got.rec"
+    with RecordWriter(got) as w:
+        for rec in parts:
+            keys = [int(x.split()[0]) for x in rec.with_suffix(".idx").read_text().splitlines()]
+            assert w.append_pack(rec, labels=[new[k] for k in keys]) == len(keys)
+    assert got.read_bytes() == expect.read_bytes()
+    assert got.with_suffix(".idx").read_bytes() == expect.with_suffix(".idx").read_bytes()
+    r = RecordReader(got)
+    assert unpack(r.read(33))[1] == b"ab" + M + b"cd" * 5 + M

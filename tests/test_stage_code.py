@@ -3,6 +3,7 @@ script, its stage module and what they import from arcpipe), and the Snakefile l
 from pathlib import Path
 
 import pytest
+import yaml
 
 from arcpipe.stages import STAGES
 from arcpipe.stages.code import stage_code, stage_code_files
@@ -43,10 +44,13 @@ def test_dvc_deps_name_exactly_the_code_each_stage_runs(dvc):
             f"{name}: dvc.yaml code deps differ from what the stage imports; expected {stage_code(stage)}")
 
 
-def test_snakemake_rules_take_the_same_code(dvc):
-    jobs = [j for j in snakemake_jobs(REPO) if j["shell"]]
+def test_snakemake_rules_take_the_same_code(tmp_path):
+    variant = tmp_path / "v.yaml"
+    variant.write_text(yaml.safe_dump({"detect": {"shards": 2}, "align": {"shards": 2}}))
+    jobs = [j for j in snakemake_jobs(REPO, "--configfile", str(variant)) if j["shell"]]
+    assert {j["rule"] for j in jobs} >= {"detect_list", "detect_part", "align_part"}
     for j in jobs:
-        stage = j["rule"].removesuffix("_part")
+        stage = j["rule"].removesuffix("_part").removesuffix("_list")
         code = {i for i in j["input"] if i.startswith(("scripts/", "src/"))}
         assert _expand(code) == set(stage_code_files(stage)), j["rule"]
 

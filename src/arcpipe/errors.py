@@ -7,3 +7,13 @@ class PipelineError(Exception):
 
 class ParamsError(PipelineError):
     """params.yaml (or a variant) is wrong: unknown key, wrong type, impossible value."""
+
+
+class BatchError(Exception):
+    """An unexpected failure inside one batch of a stage's work: names the batch (its rows or
+    items) and keeps the original exception as `cause` (the runner prints both in one line)."""
+
+    def __init__(self, item: str, cause: BaseException):
+        super().__init__(f"{item}: {type(cause).__name__}: {cause}")
+        self.item = item
+        self.cause = cause

@@ -16,18 +16,20 @@ A stage script is thin:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from .errors import PipelineError
-from .fsutil import write_json_atomic
+from .fsutil import digest_of, write_json_atomic
 from .params import Params, load_params, origin_of
 
 log = logging.getLogger("arcpipe")
@@ -62,10 +64,28 @@ class StageContext:
     args: argparse.Namespace
     log: logging.Logger
     started: float = field(default_factory=time.time)
+    current: str = ""  # what the stage is working on: named in the error line if something unexpected fails
 
     def params_digest(self) -> str:
-        blob = json.dumps(self.params.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest_of(self.params.model_dump(mode="json"))
+
+    @contextlib.contextmanager
+    def working_on(self, what: str) -> Iterator[None]:
+        """Name the item in hand (a data set, a part, a benchmark) for the error line of an
+        unexpected failure; nests ("data set train, part 3/8")."""
+        outer = self.current
+        self.current = f"{outer}, {what}" if outer else what
+        try:
+            yield
+        except Exception as e:
+            if not hasattr(e, "arcpipe_where"):  # the innermost item, as it was when it failed
+                try:
+                    e.arcpipe_where = self.current
+                except AttributeError:  # pragma: no cover - exceptions with __slots__
+                    pass
+            raise
+        finally:
+            self.current = outer
 
     def require_path(self, key: str, path: str | os.PathLike) -> Path:
         """An input path named by params key `key` must exist: one line naming both otherwise."""
@@ -83,10 +103,11 @@ class StageContext:
         return configured
 
     def summary_record(self, counts: dict[str, Any]) -> dict[str, Any]:
+        """The summary an output folder carries: counts and the params digest, no wall-clock time
+        (the same inputs give the same bytes; timings go to logs/timings.jsonl)."""
         return {
             "stage": self.name,
             "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
-            "seconds": round(time.time() - self.started, 3),
             "params_sha256_16": self.params_digest(),
             **counts,
         }
@@ -98,7 +119,6 @@ class StageContext:
 
 
 def setup_logging(name: str, log_dir: str | os.PathLike = "logs", shard: Optional[tuple[int, int]] = None) -> logging.Logger:
-    suffix = "" if shard is None else f".shard{shard[0]:03d}of{shard[1]:03d}"
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"arcpipe.{name}")
     logger.setLevel(logging.INFO)
@@ -107,7 +127,7 @@ def setup_logging(name: str, log_dir: str | os.PathLike = "logs", shard: Optiona
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    fh = logging.FileHandler(Path(log_dir) / f"{name}{suffix}.log", mode="a", encoding="utf-8")
+    fh = logging.FileHandler(_log_path(name, shard, str(log_dir)), mode="a", encoding="utf-8")
     fh.setFormatter(fmt)
     sh = logging.StreamHandler(sys.stderr)
     sh.setFormatter(logging.Formatter(f"{name}: %(message)s"))
@@ -155,17 +175,56 @@ def run_stage(
     ctx = StageContext(name, params, [str(p) for p in args.params], shard, workers, args, logger)
     logger.info("start: params %s (sha256 %s), shard %s, workers %d",
                 " + ".join(ctx.params_files), ctx.params_digest(), args.shard or "all", workers)
+    code = 0
     try:
         counts = body(ctx)
     except PipelineError as e:
         logger.error("error: %s", e)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         logger.error("interrupted; finished outputs are kept, unfinished ones were not written")
-        return 130
-    rec = ctx.summary_record(counts or {})
+        code = 130
+    except Exception as e:  # a bug or an input nobody foresaw: one line here, the traceback in the log
+        where = ", ".join(w for w in (getattr(e, "arcpipe_where", ctx.current), getattr(e, "item", "")) if w)
+        where = f" while working on {where}" if where else ""
+        e = getattr(e, "cause", e)
+        _to_file(logger, logging.ERROR, "unexpected error%s:\n%s", where, traceback.format_exc())
+        msg = " ".join(str(e).split()) or "(no message)"
+        print(f"{name}: error: unexpected {type(e).__name__}{where}: {msg[:300]} "
+              f"(traceback in {_log_path(name, shard)}; nothing half-written was left)", file=sys.stderr)
+        code = 1
+    seconds = round(time.time() - ctx.started, 3)
+    _record_timing(ctx, seconds, code)
+    if code:
+        return code
+    rec = {**ctx.summary_record(counts or {}), "seconds": seconds}
     logger.info("summary: %s", json.dumps(rec, sort_keys=True, default=str))
     return 0
+
+
+def _log_path(name: str, shard: Optional[tuple[int, int]], log_dir: str = "logs") -> Path:
+    suffix = "" if shard is None else f".shard{shard[0]:03d}of{shard[1]:03d}"
+    return Path(log_dir) / f"{name}{suffix}.log"
+
+
+def _to_file(logger: logging.Logger, level: int, msg: str, *args) -> None:
+    """Log to the stage's log file only (a traceback is for the file, not the terminal)."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, msg, args, None)
+    for h in logger.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
+def _record_timing(ctx: StageContext, seconds: float, code: int, log_dir: str = "logs") -> None:
+    """One JSON line per stage run in logs/timings.jsonl: kept out of the outputs DVC hashes."""
+    rec = {"stage": ctx.name, "args": {k: v for k, v in vars(ctx.args).items() if k not in ("params",) and v},
+           "shard": None if ctx.shard is None else f"{ctx.shard[0]}/{ctx.shard[1]}", "workers": ctx.workers,
+           "seconds": seconds, "exit": code, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        with open(Path(log_dir) / "timings.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
+    except OSError:  # pragma: no cover - timings are a convenience
+        pass
 
 
 def write_params_snapshot(merged: dict, out_dir: str | os.PathLike = ".snakemake/arcpipe") -> str:

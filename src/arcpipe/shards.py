@@ -14,9 +14,9 @@ and recomputed, never reused. A job without --shard computes the missing parts, 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -26,17 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .errors import PipelineError
+from .errors import BatchError, PipelineError
 from .fsutil import atomic_path
 
 META_KEY = b"arcpipe_part"
 MAX_REASONS = 25
 ROW_GROUP = 16384  # rows per parquet row group of listings and manifests: a shard reads only its groups
-
-
-def digest_of(obj: Any) -> str:
-    """16 hex digits of the sha256 of `obj` as sorted JSON: the identity of a part's inputs."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def bounds(n: int, index: int, count: int) -> tuple[int, int]:
@@ -113,14 +108,29 @@ def invalidate(out_dir: Path, names: Iterable[str] = ("manifest.parquet", "summa
             pass
 
 
-def map_batches(fn: Callable, work: list, workers: int, initializer: Callable, initargs: tuple,
-                desc: str) -> Iterator:
-    """fn over work items, results in order; in a process pool when workers > 1 (fn and
-    initializer are module-level functions, each worker initialised once)."""
-    if workers <= 1 or len(work) <= 1:
+def map_batches(fn: Callable, work: Iterable, workers: int, initializer: Callable, initargs: tuple,
+                desc: str, total: Optional[int] = None, label: Optional[Callable[[Any], str]] = None) -> Iterator:
+    """fn over the work items, results in order; in a process pool when workers > 1 (fn and
+    initializer are module-level functions, each worker initialised once).
+
+    At most 2 x workers items are in flight, and `work` may be a generator, so neither the
+    items waiting to be done nor the results waiting to be consumed grow with the data set.
+    An exception that fn did not handle comes back as BatchError naming the item (`label(w)`)."""
+    if total is None and hasattr(work, "__len__"):
+        total = len(work)
+    name = label or (lambda w: "one batch")
+
+    def failed(w, e: Exception) -> BatchError:
+        return e if isinstance(e, (BatchError, PipelineError)) else BatchError(name(w), e)
+
+    if workers <= 1 or (total is not None and total <= 1):
         initializer(*initargs)
-        for w in tqdm(work, desc=desc, disable=None, unit="batch"):
-            yield fn(w)
+        for w in tqdm(work, total=total, desc=desc, disable=None, unit="batch"):
+            try:
+                r = fn(w)
+            except Exception as e:
+                raise failed(w, e) from e
+            yield r
         return
     import multiprocessing as mp
 
@@ -130,10 +140,29 @@ def map_batches(fn: Callable, work: list, workers: int, initializer: Callable, i
     method = os.environ.get("ARCPIPE_START_METHOD") or (
         "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     ctx = mp.get_context(method)
+    if method == "forkserver":  # the server imports what the workers run once, before it forks them
+        ctx.set_forkserver_preload(sorted({fn.__module__, initializer.__module__} - {"__main__", "builtins"}))
+    window = 2 * workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer,
-                             initargs=initargs) as ex:
-        for r in tqdm(ex.map(fn, work), total=len(work), desc=desc, disable=None, unit="batch"):
-            yield r
+                             initargs=initargs) as ex, \
+            tqdm(total=total, desc=desc, disable=None, unit="batch") as bar:
+        pending: deque = deque()
+
+        def take():
+            w, fut = pending.popleft()
+            try:
+                r = fut.result()
+            except Exception as e:
+                raise failed(w, e) from e
+            bar.update()
+            return r
+
+        for w in work:
+            pending.append((w, ex.submit(fn, w)))
+            if len(pending) >= window:
+                yield take()
+        while pending:
+            yield take()
 
 
 def reconcile(df: pd.DataFrame, ok_statuses=("ok", "fallback")) -> dict[str, Any]:

@@ -27,7 +27,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Iterable, Iterator, Optional
+
+import pandas as pd
 
 from .errors import PipelineError
 
@@ -55,13 +57,99 @@ def content_hash(data: bytes) -> str:
     return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}{len(data):x}"
 
 
-def items_fingerprint(items: list["Item"]) -> str:
-    """16 hex digits identifying an item list (its source keys, in order)."""
+# --------------------------------------------------------------------------- listings
+# A listing is the item list as a table, written once so that each shard job reads only its own
+# rows (arcpipe.shards.read_rows) instead of listing the whole source again.
+
+LISTING_COLUMNS = ["source", "identity", "loc", "landmarks", "box", "score", "error"]
+LISTING_META = "arcpipe_listing"
+
+
+def json_text(v) -> str:
+    """A locator, landmarks or box as listings and manifests store it: JSON, "" for none."""
+    return "" if v is None or v == () else json.dumps(list(v))
+
+
+def _listing_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.float64() if c == "score" else pa.string()) for c in LISTING_COLUMNS])
+
+
+def items_frame(items: Iterable[Item]) -> pd.DataFrame:
+    """Items as columns: locators and given landmarks/box as JSON text ("" for none)."""
+    rows = [(it.source, it.identity, json_text(it.loc), json_text(it.landmarks), json_text(it.box),
+             float("nan") if it.score is None else float(it.score), it.error) for it in items]
+    df = pd.DataFrame(rows, columns=LISTING_COLUMNS)
+    df["score"] = df["score"].astype("float64")
+    return df
+
+
+def frame_items(df: pd.DataFrame) -> list[Item]:
+    """The inverse of items_frame."""
+    def opt(text: str) -> Optional[tuple]:
+        return tuple(json.loads(text)) if text else None
+
+    return [Item(src, ident, opt(loc) or (), opt(lmk), opt(box), None if sc != sc else float(sc), err)
+            for src, ident, loc, lmk, box, sc, err in zip(
+                df["source"], df["identity"], df["loc"], df["landmarks"], df["box"], df["score"], df["error"])]
+
+
+def write_listing(path: str | os.PathLike, items: Iterable[Item], meta: dict, chunk: int = 16384) -> dict:
+    """Stream `items` into a parquet listing (row groups of `chunk`), atomically; returns the
+    metadata written: `meta` plus rows, the items' fingerprint (their source keys, in order)
+    and whether any needs detection (no given landmarks)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .fsutil import atomic_path
+
     h = hashlib.sha256()
-    for it in items:
-        h.update(it.source.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
+    rows, detect = 0, False
+    with atomic_path(path) as tmp:
+        writer = None
+        buf: list[Item] = []
+
+        def flush() -> None:
+            nonlocal writer
+            table = pa.Table.from_pandas(items_frame(buf), schema=_listing_schema(), preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table, row_group_size=chunk)
+            buf.clear()
+
+        try:
+            for it in items:
+                h.update(it.source.encode("utf-8", "surrogatepass"))
+                h.update(b"\0")
+                detect = detect or (it.landmarks is None and not it.error)
+                rows += 1
+                buf.append(it)
+                if len(buf) >= chunk:
+                    flush()
+            if buf or writer is None:
+                flush()
+            info = {**meta, "rows": rows, "items": h.hexdigest()[:16], "needs_detector": detect}
+            writer.add_key_value_metadata({LISTING_META: json.dumps(info, sort_keys=True)})
+        finally:
+            if writer is not None:
+                writer.close()
+    return info
+
+
+def row_item(source: str, identity: str, loc: str) -> Item:
+    """The Item a manifest row stands for (its `loc` column is the locator as JSON)."""
+    return Item(source, identity, tuple(json.loads(loc)) if loc else ())
+
+
+def listing_meta(path: str | os.PathLike) -> dict:
+    """The metadata write_listing stored ({} when the file is absent or not a listing)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return json.loads((pq.ParquetFile(path).metadata.metadata or {}).get(LISTING_META.encode(), b"{}"))
+    except Exception:
+        return {}
 
 
 def _sorted_files(root: Path) -> list[Path]:
@@ -84,6 +172,23 @@ class Source:
 
     def items(self) -> list[Item]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def iter_items(self) -> Iterator[Item]:
+        """The items in order; sources that can (the MS1M TSV) stream them instead of listing first."""
+        return iter(self.items())
+
+    def signature(self) -> Optional[list]:
+        """A cheap fingerprint (path, size, mtime) of a source held in a few files, so a listing
+        can be reused without reading them; None where only listing again can tell (folders)."""
+        return None
+
+    @staticmethod
+    def _stat(paths) -> list:
+        out = []
+        for p in paths:
+            st = os.stat(p)
+            out.append([str(p), st.st_size, st.st_mtime_ns])
+        return out
 
     def read(self, item: Item) -> bytes:
         if item.error:
@@ -212,13 +317,23 @@ class TSVSource(Source):
     format = "ms1m_tsv"
     COLUMNS = 7
 
+    def close(self) -> None:
+        for fd in (getattr(self, "_h", None) or {}).values():
+            os.close(fd)
+        self._h = None
+
     def _files(self) -> list[Path]:
         if self.root.is_dir():
             return sorted(p for p in self.root.rglob("*.tsv"))
         return [self.root]
 
     def items(self) -> list[Item]:
-        out = []
+        return list(self.iter_items())
+
+    def signature(self) -> Optional[list]:
+        return self._stat(self._files())
+
+    def iter_items(self) -> Iterator[Item]:
         for f in self._files():
             rel = f.name if f == self.root else f.relative_to(self.root).as_posix()
             off = 0
@@ -229,25 +344,32 @@ class TSVSource(Source):
                     if not body.strip():
                         off += n
                         continue
-                    cols = body.split(b"\t")
                     key = f"{rel}:{lineno}"
-                    if len(cols) != self.COLUMNS:
-                        out.append(Item(key, "", (), error=f"{f}: line {lineno}: expected {self.COLUMNS} "
-                                                          f"tab-separated columns, got {len(cols)}"))
+                    ncols = body.count(b"\t") + 1
+                    if ncols != self.COLUMNS:
+                        yield Item(key, "", (), error=f"{f}: line {lineno}: expected {self.COLUMNS} "
+                                                      f"tab-separated columns, got {ncols}")
                     else:
-                        ident = cols[0].decode("utf-8", "replace")
-                        out.append(Item(key, ident, (str(f), off, n, lineno)))
+                        ident = body[:body.index(b"\t")].decode("utf-8", "replace")
+                        yield Item(key, ident, (str(f), off, n, lineno))
                     off += n
-        return out
 
     def read(self, item: Item) -> bytes:
         if item.error:
             raise SourceError(item.error)
         path, off, n, lineno = item.loc
-        with open(path, "rb") as fh:
-            fh.seek(off)
-            line = fh.read(n).rstrip(b"\r\n")
-        col = line.split(b"\t")[self.COLUMNS - 1].strip()
+        if getattr(self, "_h", None) is None:
+            self._h = {}  # open files of this process, by path (unbuffered: pread reads exactly the row)
+        fd = self._h.get(path)
+        try:
+            if fd is None:
+                fd = self._h[path] = os.open(path, os.O_RDONLY)
+            line = os.pread(fd, n, off)
+        except OSError as e:
+            raise SourceError(f"{path}: line {lineno}: cannot read: {e.strerror or e}") from None
+        if len(line) != n:
+            raise SourceError(f"{path}: line {lineno}: the file ends inside the row (it changed since listing)")
+        col = line.rstrip(b"\r\n").split(b"\t")[self.COLUMNS - 1].strip()
         try:
             return base64.b64decode(col, validate=True)
         except (binascii.Error, ValueError) as e:
@@ -266,6 +388,9 @@ class ArchiveSource(Source):
         self._is_zip = zipfile.is_zipfile(self.root)
         if not self._is_zip and not tarfile.is_tarfile(self.root):
             raise PipelineError(f"{self.root}: not a tar or zip archive")
+
+    def signature(self) -> Optional[list]:
+        return self._stat([self.root])
 
     @staticmethod
     def _hostile(name: str) -> str:
@@ -359,6 +484,10 @@ class RecSource(Source):
             root = recs[0]
         super().__init__(root)
         self._h = None
+
+    def signature(self) -> Optional[list]:
+        idx = self.root.with_suffix(".idx")
+        return self._stat([self.root] + ([idx] if idx.is_file() else []))
 
     def _reader(self):
         if self._h is None:

@@ -1,5 +1,6 @@
 # sample -> detect -> align -> pack / evalpack. Large stages shard: with <stage>.shards = K > 1,
-# one job per shard (`--shard I/K`) writes a part, and the job without --shard merges the parts.
+# one job per shard (`--shard I/K`) writes a part, and the job without --shard merges the parts;
+# detect's shard jobs start from one listing of the source (detect_list, `--list`).
 
 DETECT = config["detect"]["out_dir"]
 ALIGN = config["align"]["out_dir"]
@@ -31,6 +32,12 @@ def _parts(stage_dir, shards):
     return parts
 
 
+def _listing(shards):
+    """Sharded: the merge job starts from the listing the detect_list job wrote (unsharded, the
+    detect job lists the source itself)."""
+    return (lambda w: [f"{DETECT}/{w.dataset}/listing.parquet"]) if shards > 1 else []
+
+
 rule sample:
     input:
         script="scripts/sample.py",
@@ -45,11 +52,27 @@ rule sample:
         "{PY} scripts/sample.py --params {PARAMS_FILE} > {log} 2>&1"
 
 
+rule detect_list:
+    input:
+        script="scripts/detect.py",
+        code=stage_code("detect"),
+        source=lambda w: source_of(w.dataset),
+    output:
+        f"{DETECT}/{{dataset}}/listing.parquet",
+    params:
+        dataset=lambda w: config["detect"]["datasets"][w.dataset],
+    log:
+        "logs/snakemake/detect_{dataset}_list.log",
+    shell:
+        "{PY} scripts/detect.py --params {PARAMS_FILE} --dataset {wildcards.dataset} --list > {log} 2>&1"
+
+
 rule detect_part:
     input:
         script="scripts/detect.py",
         code=stage_code("detect"),
         source=lambda w: source_of(w.dataset),
+        listing=f"{DETECT}/{{dataset}}/listing.parquet",
     output:
         f"{DETECT}/{{dataset}}/parts/part-{{i}}-of-{{k}}.parquet",
     params:
@@ -69,6 +92,7 @@ rule detect:
         code=stage_code("detect"),
         source=lambda w: source_of(w.dataset),
         parts=_parts(DETECT, config["detect"]["shards"]),
+        listing=_listing(config["detect"]["shards"]),
     output:
         manifest=f"{DETECT}/{{dataset}}/manifest.parquet",
         summary=f"{DETECT}/{{dataset}}/summary.json",

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..columns import BOX_COLUMNS, LANDMARK_COLUMNS
 from ..imageio import decode_image
-from ..sources import Item, SourceError, content_hash, open_source
+from ..sources import Item, SourceError, content_hash, json_text, open_source
 
 
 
@@ -33,7 +33,7 @@ def resolved_preset(cfg) -> dict[str, Any]:
 def empty_row(index: int, item: Item) -> dict[str, Any]:
     row: dict[str, Any] = {"row": index, "source": item.source, "identity": item.identity,
                            "status": "", "reason": "", "note": "", "origin": "", "width": 0, "height": 0,
-                           "n_faces": 0, "score": np.nan, "content": ""}
+                           "n_faces": 0, "score": np.nan, "content": "", "loc": json_text(item.loc)}
     for c in BOX_COLUMNS + LANDMARK_COLUMNS:
         row[c] = np.nan
     return row
@@ -60,7 +60,7 @@ def init_worker(fmt: str, root: str, preset: dict, device: str, max_pixels: int,
                           factor=preset["factor"])
 
 
-def detect_batch(work: tuple[int, list[Item]]) -> list[dict]:
+def detect_batch(work: tuple[int, list[Item]]) -> pd.DataFrame:
     from . import choose_face, fallback_box
 
     start, items = work
@@ -117,7 +117,7 @@ def detect_batch(work: tuple[int, list[Item]]) -> list[dict]:
             else:
                 extra = " and no given box" if policy == "given_box" else ""
                 row["status"], row["reason"] = "no_face", f"{why}{extra} (policy {policy})"
-    return rows
+    return frame(rows)
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

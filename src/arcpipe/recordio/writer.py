@@ -384,6 +384,66 @@ class RecordWriter:
         self._commit_chunk(keys, ka, offsets, self._pos + total)
         return True
 
+    def append_pack(self, rec_path, idx_path=None, labels=None, chunk: int = 8 << 20) -> int:
+        """Append every record of another .rec (written by RecordWriter: frames in idx order) by
+        copying its bytes, with the idx offsets shifted; returns the number of records.
+
+        labels: None, or one float per record in the other file's idx order, written over each
+        record's scalar IRHeader label on the way (4 bytes each). The result is the bytes that
+        write(key, pack(IRHeader(0, label, id, id2), payload)) of each record would give. A
+        record that is not a plain scalar-label frame (a vector label, a header split by the
+        magic number) is rewritten through write() instead.
+        """
+        from .format import IRHeader, read_frame_at, unpack
+
+        if self.closed:
+            raise ValueError(f"{self.rec_path}: write after close")
+        rec_path = Path(rec_path)
+        keys, offs = read_idx(Path(idx_path) if idx_path is not None else default_idx_path(rec_path))
+        n = len(keys)
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{rec_path}: {len(labels)} labels for {n} records")
+        size = rec_path.stat().st_size
+        if n == 0:
+            return 0
+        with open(rec_path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        whole = None
+        try:
+            whole = np.frombuffer(mm, np.uint8)
+            plain = bool(offs[0] == 0 and (np.diff(offs) > 0).all() and offs[-1] + 8 <= size)
+            if plain:
+                pos = offs[:, None] + np.arange(12)[None, :]
+                head = whole[pos].reshape(n, 3, 4).view("<u4").reshape(n, 3)
+                lens = head[:, 1] & ((1 << 29) - 1)
+                plain = bool((head[:, 0] == MAGIC).all() and ((head[:, 1] >> 29) <= 1).all()
+                             and (lens >= IR_SIZE).all() and (head[:, 2] == 0).all())
+            if not plain:  # the general path, record by record
+                for j, (k, off) in enumerate(zip(keys.tolist(), offs.tolist())):
+                    record, _ = read_frame_at(mm, off, rec_path)
+                    if labels is not None:
+                        h, payload = unpack(record)
+                        record = pack(IRHeader(0, float(labels[j]), h.id, h.id2), payload)
+                    self.write(k, record)
+                return n
+            self._flush()
+            lab = None if labels is None else np.asarray(labels, dtype="<f4")
+            base = self._pos
+            for a in range(0, size, chunk):
+                b = min(a + chunk, size)
+                buf = bytearray(mm[a:b])
+                if lab is not None:
+                    lo, hi = np.searchsorted(offs + 12, [a, b])
+                    if lo < hi:  # label fields are 4-aligned, and so are the chunk bounds
+                        np.frombuffer(buf, "<f4")[(offs[lo:hi] + 12 - a) // 4] = lab[lo:hi]
+                self._rec.write(bytes(buf))
+        finally:
+            del whole
+            if not isinstance(mm, bytes):
+                mm.close()
+        self._commit_chunk(keys.tolist(), keys, (offs + base).tolist(), base + size)
+        return n
+
     def _flush(self) -> None:
         if self._pieces:
             self._rec.write_pieces(self._pieces)

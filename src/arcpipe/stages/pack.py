@@ -5,6 +5,8 @@
 Reads data/align/<pack.dataset>/ and writes the insightface layout (arcpipe.pack): train.rec,
 train.idx, property, manifest.parquet (one row per aligned row, packed or why not), optional
 identity-block shards train_NNN.rec and a flat shuffled image-only copy train_flat.rec (DALI).
+The whole pack is built in a sibling folder and renamed into place at the end: a failure
+anywhere (the flat copy included) leaves the previous pack as it was.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pandas as pd
 from ..align.aligned_set import AlignedSet
 from ..errors import PipelineError
 from ..fsutil import atomic_path
+from ..shards import write_parquet_atomic
 from ..pack import (aligned_jpeg_quality, identity_blocks, image_size, plan_pack, write_flat_pack,
                     write_train_pack)
 from ..recordio import write_property
@@ -39,8 +42,19 @@ def run(ctx) -> dict:
     h, w = image_size(aligned, int(packed["align_key"].iloc[0]))
     shards = ctx.shard_count(p.shards)
     only = ctx.shard[0] if ctx.shard is not None else None
+    job = dict(plan=plan, packed=packed, aligned=aligned, reencode=reencode, num_classes=num_classes, h=h, w=w,
+               shards=shards, only=only, align_q=align_q)
+    if only is None:  # the whole pack: built in a sibling folder, renamed into place only when all of it is there
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            return _write(ctx, tmp, **job)
+    out.mkdir(parents=True, exist_ok=True)  # one shard of a sharded pack: its own files, each atomic
+    return _write(ctx, out, **job)
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _write(ctx, out: Path, plan, packed, aligned, reencode, num_classes: int, h: int, w: int, shards: int,
+           only, align_q: int) -> dict:
+    p = ctx.params.pack
     files = {}
     plan["shard"] = -1
     plan["shard_key"] = -1
@@ -71,8 +85,7 @@ def run(ctx) -> dict:
     manifest = plan[cols].rename(columns={"pack_label": "label", "pack_key": "key", "pack_status": "packed",
                                           "pack_reason": "reason", "status": "align_status"})
     manifest["packed"] = manifest["packed"] == "packed"
-    with atomic_path(out / "manifest.parquet") as tmp:
-        manifest.to_parquet(tmp, index=False)
+    write_parquet_atomic(out / "manifest.parquet", manifest)
 
     rejected = plan.loc[plan["pack_status"] != "packed", "pack_reason"].value_counts().sort_index()
     counts = {
