@@ -55,9 +55,11 @@ def test_three_templates_by_hand():
     lab = np.array([1, 0, 0, 1], bool)
     s = score_pairs(tf, template_index(uniq, t1), template_index(uniq, t2))
     np.testing.assert_allclose(s, [2 ** -0.5, 0, -(2 ** -0.5), -1], atol=1e-6)
-    # ROC (0,0) (0,.5) (1,.5) (1,1): FAR 0.1 -> FPR 0 with TPR .5; FAR 0.6 -> FPR 1, TPR 1
-    res = evaluate_1to1(lab, s, [0.1, 0.6])
-    assert res["tar_at_far"] == {"0.1": 0.5, "0.6": 1.0}
+    # ROC (0,0) (0,.5) (1,.5) (1,1): FAR 0.5 ties FPR 0 and 1 -> the first of the reversed curve, TPR 1;
+    # FAR 0.6 -> FPR 1, TPR 1; FAR 0.1 < 1/2 impostor pairs cannot be resolved
+    res = evaluate_1to1(lab, s, [0.1, 0.5, 0.6])
+    assert res["tar_at_far"] == {"0.1": None, "0.5": 1.0, "0.6": 1.0}
+    assert res["not_resolvable"] == {"0.1": "FAR 0.1 needs at least 10 impostor pairs; 2 here"}
     assert (res["genuine"], res["impostor"]) == (2, 2)
     # detector scores weight images inside a media: (1*1 + 3*0)/2 -> A = (0.5,0)+(0,2)
     _, tf_d = pool_templates(feats, tids, mids, det_scores=np.array([1, 0, 1, 1, 1, 1]))
@@ -97,7 +99,12 @@ def test_pooling_scoring_tar_match_slow_definition(keep_norm, use_det):
     s_dense = score_pairs(tf, template_index(uniq, t1), template_index(uniq, t2), tile=16, dense_min_density=0)
     np.testing.assert_allclose(s_dense, s_slow, atol=2e-6)
     fars = [1e-4, 1e-3, 1e-2, 1e-1]
-    assert list(evaluate_1to1(lab, s, fars)["tar_at_far"].values()) == slow_tar(lab, s_slow, fars)
+    n_imp = int(np.count_nonzero(~lab))
+    want = [None if f * n_imp < 1 else v for f, v in zip(fars, slow_tar(lab, s_slow, fars))]
+    assert want[0] is None and want[1] is not None      # ~1,350 impostor pairs: 1e-4 is out of reach
+    res = evaluate_1to1(lab, s, fars)
+    assert list(res["tar_at_far"].values()) == want
+    assert res["not_resolvable"] == {"0.0001": f"FAR 0.0001 needs at least 10000 impostor pairs; {n_imp} here"}
     # reversed and repeated pairs score bit-identically, on both paths
     i1, i2 = template_index(uniq, t1), template_index(uniq, t2)
     for dens in (0.5, 0.0):
@@ -160,10 +167,16 @@ def test_readers_name_file_and_line(tmp_path):
     c.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n5,7,img/1.jpg\n5,7,img/2.jpg\n6,8,img/3.jpg\n")
     assert [a.tolist() for a in read_1n_csv(c)] == [[5, 5, 6], [7, 7, 8]]
     lm = tmp_path / "l.txt"
-    lm.write_text("a.jpg " + " ".join(["1"] * 11) + "\nb.jpg 1 2 3\nc.jpg " + " ".join(["nan"] * 11) + "\n")
+    good = "38 51 73 51 56 71 41 92 70 92 0.9"
+    lm.write_text(f"a.jpg {good}\nb.jpg 1 2 3\nc.jpg " + " ".join(["nan"] * 11) + "\n"
+                  "d.jpg " + " ".join(["7"] * 10) + " 0.9\n"          # five equal points
+                  "e.jpg 10 20 20 30 30 40 40 50 50 60 0.9\n"         # five points on a line
+                  f"f.jpg {good}\n")
     rows = read_landmarks(lm)
-    assert [ln for ln, _ in rows.bad] == [2, 3]
-    assert rows.ok.tolist() == [True, False, False]
+    assert [ln for ln, _ in rows.bad] == [2, 3, 4, 5]
+    assert rows.bad[2][1] == "degenerate landmarks: the five points coincide"
+    assert rows.bad[3][1] == "degenerate landmarks: the five points lie on one line"
+    assert rows.ok.tolist() == [True, False, False, False, False, True]
 
 
 class _MeanColour:

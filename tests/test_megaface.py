@@ -9,6 +9,7 @@ import pytest
 from arcpipe.errors import PipelineError
 from arcpipe.evaluate.megaface import (evaluate_megaface, genuine_pairs, l2n, noise_mask, read_noise_list,
                                        refine_probes, run_megaface)
+from arcpipe.evaluate.roc import far_key
 from arcpipe.params.evaluate_bench import MegaFaceParams
 
 
@@ -61,7 +62,15 @@ def test_chunked_equals_full_matrix_at_every_size():
         acc, tars = full_matrix(probes, labels, distractors, size, ranks, fars)
         got = res["raw"][str(size)]
         assert got["rank"] == acc
-        assert list(got["tar_at_far"].values()) == tars
+        n_imp = len(probes) * size
+        # a FAR below 1 / impostors is not resolvable: None, and the reason with the count
+        assert list(got["tar_at_far"].values()) == [None if f * n_imp < 1 else t for f, t in zip(fars, tars)]
+        assert got["not_resolvable"] == {
+            far_key(f): f"FAR {far_key(f)} needs at least {round(1 / f)} impostor pairs; {n_imp} here"
+            for f in fars if f * n_imp < 1}
+        assert all((got["threshold_at_far"][k] is None) == (k in got["not_resolvable"]) for k in got["tar_at_far"])
+    assert set(res["raw"]["10"]["not_resolvable"]) == {"0.0001", "0.001"}   # 480 impostor pairs
+    assert res["raw"]["1000"]["not_resolvable"] == {} and res["raw"]["1000"]["tar_at_far"]["0.0001"] is not None
     assert 0 < res["raw"]["3000"]["rank"]["1"] < res["raw"]["10"]["rank"]["1"]
 
 

@@ -63,7 +63,8 @@ def test_read_splits_and_video_names(tmp_path):
     assert video_of("data/sample/ytf/frame_images_DB/Ann/0/0.123.jpg") == "Ann/0"
 
 
-def test_run_ytf_on_aligned_frames(tmp_path):
+def _write_ytf(tmp_path):
+    """An aligned frame set (6 people x 3 videos x 4 frames, P5/2 without frames) and splits.txt."""
     from arcpipe.recordio import IRHeader, RecordWriter, pack
 
     rng = np.random.default_rng(2)
@@ -92,6 +93,11 @@ def test_run_ytf_on_aligned_frames(tmp_path):
             q = people[(s + 2 * j + 1) % 6] if j % 2 else p
             lines.append(f"{s}, {p}/{j % 3}, {q}/{(j + 1) % 3}, {int(p == q)}, {int(p == q)}")
     (tmp_path / "splits.txt").write_text("\n".join(lines) + "\n")
+    return d, tmp_path / "splits.txt"
+
+
+def test_run_ytf_on_aligned_frames(tmp_path):
+    d, _ = _write_ytf(tmp_path)
 
     class Mean:
         batch_size = 5
@@ -106,3 +112,12 @@ def test_run_ytf_on_aligned_frames(tmp_path):
     m = out["metrics"]
     assert m["pairs"] == 40 - c["pairs_skipped_no_frames"] and len(m["fold_accuracy"]) == 10
     assert m["accuracy"] > 0.6
+    # the frames' features, keyed by their aligned-set source, with their video
+    e = out["embeddings"].arrays()
+    assert e["key"].shape == (17 * 3,) and e["embedding"].dtype == np.float16
+    assert [k.split("/", 1)[1].rsplit("/", 1)[0] for k in e["key"]] == e["video"].tolist()
+    from arcpipe.align import AlignedSet
+
+    s = AlignedSet(d)
+    raw = Mean().embed(np.stack([s.read_rgb(int(k)) for k in e["record"]]))
+    np.testing.assert_allclose(e["embedding"].astype(np.float32) * e["norm"][:, None], raw, rtol=2e-3, atol=1e-3)

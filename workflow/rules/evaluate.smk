@@ -15,6 +15,7 @@ rule evaluate:
     output:
         metrics=directory(config["evaluate"]["metrics_dir"]),
         plots=directory(config["evaluate"]["plots_dir"]),
+        embeddings=directory(config["evaluate"]["embeddings_dir"]),
     params:
         evaluate=config["evaluate"],
     log:

@@ -11,7 +11,9 @@ Protocol (as insightface's arcface_torch/eval_ijbc.py and _evaluation_/ijb/ijb_1
   the row's detector score.
 * Template = for each media of the template the mean of its image features, summed over the
   medias, then L2-normalised (a zero vector stays zero). Score of a pair = dot product.
-* TAR at FAR: arcpipe.evaluate.roc.tar_at_far (the ROC point with the nearest FPR).
+* TAR at FAR: arcpipe.evaluate.roc.tar_at_far (the ROC point with the nearest FPR); a FAR below
+  1 / impostor pairs (a FPIR below 1 / non-mated scores) is not resolvable: None, with the
+  reason under "not_resolvable" (arcpipe.evaluate.roc.mark_unresolvable).
 * 1:N: gallery templates = the rows of <t>_1N_gallery_G1.csv + ..._G2.csv (IJB-B: S1, S2),
   probes = <t>_1N_probe_mixed.csv; columns TEMPLATE_ID, SUBJECT_ID (first row of each template
   gives its subject). Every probe subject must have exactly one gallery template. Rank-k: the
@@ -23,13 +25,18 @@ What differs, on purpose: pooling is one sparse product (in the features' precis
 Python loop per template and media; pairs are scored by template tiles (a dense product per
 tile that holds many pairs, a gather-and-dot for sparse ones) in float32; a pair naming a
 template with no images is an error naming the pairs file and line (the reference silently
-scores it against template row 0). Rows with missing or non-finite landmarks, or an unreadable
-image, are skipped and reported with file and line (on_bad_row: skip) or stop the run (error);
+scores it against template row 0). Rows with missing, non-finite or degenerate landmarks (five
+points that coincide or lie on one line), or an unreadable image, are skipped and reported with
+file and line (on_bad_row: skip) or stop the run (error);
 skipping is what the protocol allows, because a template is the pool of whatever images it
 has: a template left with no image gets the zero vector, so its pairs score 0, and is counted.
 
-The runner writes nothing: it returns a dict {"metrics", "plots", "counts", "problems"} and the
-evaluate stage writes metrics/<benchmark>.json and plots/<benchmark>_roc.csv from it.
+Images are read and aligned in a worker pool (arcpipe.evaluate.loader) and embedded here in
+batches of the model's batch_size, the same batches for any number of workers.
+
+The runner writes nothing: it returns a dict {"metrics", "plots", "counts", "problems",
+"embeddings"} and the evaluate stage writes metrics/<benchmark>.json, plots/roc_<benchmark>.csv
+and <embeddings_dir>/<benchmark>.npz from it.
 """
 from __future__ import annotations
 
@@ -43,12 +50,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import PipelineError
-from .roc import (ceil_rank, far_key, merge_top_k, roc_plot_rows, roc_points, tar_from_roc,
-                  top_k_desc, tpr_at_threshold_rank)
+from .embeddings import EmbeddingTable
+from .roc import (ceil_rank, far_key, mark_unresolvable, merge_top_k, roc_plot_rows, roc_points,
+                  tar_from_roc, top_k_desc, tpr_at_threshold_rank)
 
 __all__ = [
     "read_tid_mid",
     "read_landmarks",
+    "degenerate_landmarks",
     "read_template_pairs",
     "read_1n_csv",
     "media_weights",
@@ -104,8 +113,9 @@ class LandmarkRows:
 
 
 def read_landmarks(path: str | os.PathLike) -> LandmarkRows:
-    """<t>_name_5pts_score.txt. A row without 10 finite coordinates and a finite score is bad:
-    kept as a placeholder (its name, NaN values) and listed in .bad with its line and reason."""
+    """<t>_name_5pts_score.txt. A row without 10 finite coordinates and a finite score, or
+    with degenerate landmarks (degenerate_landmarks), is bad: kept as a placeholder (its name,
+    NaN values) and listed in .bad with its line and reason, in line order."""
     path = Path(path)
     names: list[str] = []
     rows: list[list[float]] = []
@@ -133,7 +143,39 @@ def read_landmarks(path: str | os.PathLike) -> LandmarkRows:
                 continue
             rows.append(vals)
     arr = np.asarray(rows, dtype=np.float32).reshape(len(names), 11)
-    return LandmarkRows(names, arr[:, :10].reshape(-1, 5, 2).copy(), arr[:, 10].copy(), bad)
+    lmk = arr[:, :10].reshape(-1, 5, 2).copy()
+    why = degenerate_landmarks(lmk)
+    for i in np.flatnonzero(why != ""):
+        bad.append((int(i) + 1, str(why[i])))
+        lmk[i] = np.nan
+        arr[i, 10] = np.nan
+    bad.sort()
+    return LandmarkRows(names, lmk, arr[:, 10].copy(), bad)
+
+
+# the centred points' scatter matrix must span two dimensions: its determinant over its squared
+# trace is 0 for five points on one line (up to rounding: ~1e-16), 1/4 for a circle
+_COLLINEAR_REL = 1e-9
+
+
+def degenerate_landmarks(lmk: np.ndarray) -> np.ndarray:
+    """(n, 5, 2) landmarks -> per row '' or why no similarity to the template can be fitted:
+    the five points coincide (norm_crop refuses them) or lie on one line (a fit exists, but it
+    maps a line onto a face: nothing a face detector gives). Non-finite rows get ''."""
+    p = np.asarray(lmk, dtype=np.float64).reshape(-1, 5, 2)
+    c = p - p.mean(axis=1, keepdims=True)
+    sxx = np.einsum("ij,ij->i", c[..., 0], c[..., 0])
+    syy = np.einsum("ij,ij->i", c[..., 1], c[..., 1])
+    sxy = np.einsum("ij,ij->i", c[..., 0], c[..., 1])
+    s = sxx + syy
+    finite = np.all(np.isfinite(p.reshape(-1, 10)), axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        coincide = finite & ~(s > 1e-12)
+        collinear = finite & ~coincide & (sxx * syy - sxy * sxy <= _COLLINEAR_REL * s * s)
+    out = np.full(p.shape[0], "", dtype=object)
+    out[coincide] = "degenerate landmarks: the five points coincide"
+    out[collinear] = "degenerate landmarks: the five points lie on one line"
+    return out
 
 
 def _read_int_table(path: Path, ncols: int, what: str) -> np.ndarray:
@@ -348,14 +390,22 @@ def score_pairs(
 
 
 def evaluate_1to1(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float]) -> dict[str, Any]:
-    """TAR at each FAR (eval_ijbc.py's rule), AUC-free summary and the ROC for a plot."""
+    """TAR at each FAR (eval_ijbc.py's rule), AUC-free summary and the ROC for a plot.
+
+    A FAR below 1 / impostor pairs cannot be resolved: its TAR is None and "not_resolvable"
+    says why (arcpipe.evaluate.roc.mark_unresolvable).
+    """
     fpr, tpr, _ = roc_points(labels, scores)
     tars = tar_from_roc(fpr, tpr, fars)
+    genuine = int(np.count_nonzero(labels))
+    impostor = int(labels.size - genuine)
+    tar = {far_key(x): v for x, v in zip(fars, tars)}
     return {
-        "tar_at_far": {far_key(x): v for x, v in zip(fars, tars)},
+        "tar_at_far": tar,
+        "not_resolvable": mark_unresolvable(fars, impostor, tar),
         "pairs": int(labels.size),
-        "genuine": int(np.count_nonzero(labels)),
-        "impostor": int(labels.size - np.count_nonzero(labels)),
+        "genuine": genuine,
+        "impostor": impostor,
         "_roc": (fpr, tpr),
     }
 
@@ -391,6 +441,9 @@ def identify_1n(
         i = int(np.flatnonzero(n_match != 1)[0])
         raise PipelineError(f"{where}: probe subject {ps[i]} has {int(n_match[i])} gallery templates (expected exactly 1)")
     mate = g_order[left]
+    if g.shape[0] < 2:
+        raise PipelineError(f"{where}: the 1:N gallery holds {g.shape[0]} template, so no probe has a non-mated "
+                            "score: TPIR at FPIR cannot be measured (the gallery needs at least 2 templates)")
     nq = p.shape[0]
     ks = [ceil_rank(r, nq) for r in fpirs]
     kmax = max(ks)
@@ -407,12 +460,15 @@ def identify_1n(
         neg_top = merge_top_k(neg_top, top_k_desc(sim[np.isfinite(sim)], kmax), kmax)
     n_neg = nq * g.shape[0] - nq
     tpirs, ths = tpr_at_threshold_rank(pos, neg_top, ks)
+    tpir = {far_key(x): v for x, v in zip(fpirs, tpirs)}
+    th = {far_key(x): v for x, v in zip(fpirs, ths)}
     return {
         "probes": int(nq),
         "gallery": int(g.shape[0]),
         "rank": {str(k): float(np.count_nonzero(better < k)) / nq for k in ranks},
-        "tpir_at_fpir": {far_key(x): v for x, v in zip(fpirs, tpirs)},
-        "threshold_at_fpir": {far_key(x): v for x, v in zip(fpirs, ths)},
+        "tpir_at_fpir": tpir,
+        "threshold_at_fpir": th,
+        "not_resolvable": mark_unresolvable(fpirs, n_neg, tpir, th),
         "non_mated_scores": int(n_neg),
     }
 
@@ -429,43 +485,28 @@ def _meta_paths(root: Path, t: str) -> dict[str, Path]:
 
 
 def _embed_rows(params, embedder, root: Path, lm: LandmarkRows, rows: np.ndarray, lmk_path: Path,
-                problems: list[str], counts: dict[str, int], log) -> tuple[np.ndarray, np.ndarray]:
-    """Align and embed the given meta rows; returns (features float32, rows that were embedded)."""
-    import cv2
-    from tqdm import tqdm
+                problems: list[str], counts: dict[str, int], log, workers: int = 1
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Align (in `workers` processes) and embed (here, batch_size crops a call) the given meta
+    rows; returns (features float32, rows that were embedded)."""
+    from .loader import ijb_crops, rebatch
 
-    from ..align.transform import norm_crop
-
-    crop_dir = root / "loose_crop"
     bs = max(1, int(getattr(embedder, "batch_size", 64) or 64))
+
+    def aligned():
+        for ok_rows, crops, failed in ijb_crops(root / "loose_crop", rows, lm.names, lm.landmarks, workers):
+            for r, kind, why in failed:
+                _bad_row(params, counts, problems, kind, f"{lmk_path}:{r + 1}: {why}")
+            yield ok_rows, crops
+
     feats: list[np.ndarray] = []
-    done: list[int] = []
-    buf: list[np.ndarray] = []
-    buf_rows: list[int] = []
-
-    def flush() -> None:
-        if buf:
-            feats.append(np.asarray(embedder.embed(np.stack(buf), flip=params.flip), dtype=np.float32))
-            done.extend(buf_rows)
-            buf.clear()
-            buf_rows.clear()
-
-    for r in tqdm(rows, desc="ijb embed", unit="img", disable=None):
-        img_path = crop_dir / lm.names[r]
-        bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            _bad_row(params, counts, problems, "skipped_unreadable",
-                     f"{lmk_path}:{r + 1}: image {img_path} is missing or unreadable")
-            continue
-        crop = norm_crop(bgr, lm.landmarks[r], 112)
-        buf.append(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
-        buf_rows.append(int(r))
-        if len(buf) >= bs:
-            flush()
-    flush()
+    done: list[np.ndarray] = []
+    for r, crops in rebatch(aligned(), bs):
+        feats.append(np.asarray(embedder.embed(crops, flip=params.flip), dtype=np.float32))
+        done.append(r)
     if not feats:
         raise PipelineError(f"{lmk_path}: no image could be embedded")
-    return np.concatenate(feats), np.asarray(done, dtype=np.int64)
+    return np.concatenate(feats), np.concatenate(done).astype(np.int64)
 
 
 def _bad_row(params, counts: dict, problems: list[str], kind: str, msg: str) -> None:
@@ -481,7 +522,8 @@ def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
     """Run IJB 1:1 (and 1:N when its csv files exist) on <root>/meta + <root>/loose_crop.
 
     Returns {"benchmark", "metrics": {...}, "plots": {"roc": [{fpr, tpr}, ...]}, "counts",
-    "problems": ["file:line: reason", ...] (first 20)}; writes nothing.
+    "problems": ["file:line: reason", ...] (first 20), "embeddings": EmbeddingTable}; writes
+    nothing. Images are read and aligned in ctx.workers processes (1 without a ctx).
     """
     log = getattr(ctx, "log", None)
     root = Path(params.root)
@@ -508,8 +550,11 @@ def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
             break
         _bad_row(params, counts, problems, "skipped_bad_landmarks", f"{paths['lmk']}:{ln}: {why}")
     rows = np.flatnonzero(ok)
-    feats, done = _embed_rows(params, embedder, root, lm, rows, paths["lmk"], problems, counts, log)
+    workers = max(1, int(getattr(ctx, "workers", 1) or 1))
+    feats, done = _embed_rows(params, embedder, root, lm, rows, paths["lmk"], problems, counts, log, workers)
     counts["images_embedded"] = int(done.size)
+    table = EmbeddingTable("IJB image name (meta files, first column); row = its line there")
+    table.add(np.asarray([lm.names[r] for r in done]), feats, row=done + 1)
 
     # every template of the list keeps its row even when all its images were skipped (zero vector)
     all_t = np.unique(tids[:limit])
@@ -525,6 +570,9 @@ def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
         known = np.isin(t1, all_t) & np.isin(t2, all_t)
         counts["pairs_outside_max_images"] = int(np.count_nonzero(~known))
         t1, t2, labels = t1[known], t2[known], labels[known]
+    if t1.size == 0:
+        raise PipelineError(f"{paths['pairs']}: no pair left whose templates are among the first "
+                            f"{limit} meta rows (evaluate.ijb max_images)")
     i1 = template_index(all_t, t1, str(paths["pairs"]))
     i2 = template_index(all_t, t2, str(paths["pairs"]))
     scores = score_pairs(full, i1, i2, tile=params.pair_chunk)
@@ -545,8 +593,13 @@ def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
             g_t, g_s = _unique_first(np.concatenate(gt), np.concatenate(gsid))
             pt, psid = read_1n_csv(p_file)
             p_t, p_s = _unique_first(pt, psid)
-            gi = template_index(all_t, g_t, "1:N gallery " + ", ".join(map(str, g_files)))
+            g_where = "1:N gallery " + ", ".join(map(str, g_files))
+            gi = template_index(all_t, g_t, g_where)
             pi = template_index(all_t, p_t, f"1:N probes {p_file}")
+            if g_t.size < 2:
+                raise PipelineError(f"{g_where}: the {params.target} 1:N gallery holds {g_t.size} template, so "
+                                    "no probe has a non-mated score: TPIR at FPIR cannot be measured "
+                                    "(the gallery needs at least 2 templates)")
             metrics["identification"] = identify_1n(full[gi], g_s, full[pi], p_s, params.ranks, params.fpirs,
                                                     where=str(p_file))
         else:
@@ -560,4 +613,5 @@ def run_ijb(params, embedder, ctx=None) -> dict[str, Any]:
         "plots": {"roc": roc_plot_rows(fpr, tpr)},
         "counts": counts,
         "problems": problems,
+        "embeddings": table,
     }

@@ -10,7 +10,9 @@ Protocol (the MegaFace devkit's, with insightface's remove_noises.py for the ref
   Rank-k accuracy = the fraction of trials with rank <= k.
 * Verification: genuine = those (p, g) pairs, impostors = every probe against every distractor.
   TAR at FAR f: threshold = the ceil(f * n_impostors)-th largest impostor score, TAR = fraction of
-  genuine scores strictly above it (the k-th-largest rule of arcpipe.evaluate.roc).
+  genuine scores strictly above it (the k-th-largest rule of arcpipe.evaluate.roc). A FAR below
+  1 / n_impostors (1e-6 needs a million impostor pairs) is not resolvable at that size: TAR and
+  threshold None, the reason under "not_resolvable".
 * Refined ("with noise lists"): a FaceScrub image on facescrub_noises is replaced by its
   identity's centre (the sum of its clean features) plus uniform(-1e-3, 1e-3) noise per
   dimension, normalised (seeded here; unseeded in the original). A distractor on
@@ -22,7 +24,10 @@ Memory: the distractors are embedded and scored chunk by chunk; what stays is, p
 k best distractor scores (k = max rank) and the overall top ceil(max FAR * probes * max size)
 impostor scores. One chunk costs probes x chunk float32.
 
-The runner writes nothing: it returns {"metrics", "plots", "counts", "problems"}.
+Faces are decoded in a worker pool (arcpipe.evaluate.loader) and embedded here, in the same
+batches for any number of workers.
+
+The runner writes nothing: it returns {"metrics", "plots", "counts", "problems", "embeddings"}.
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import PipelineError
-from .roc import ceil_rank, far_key, merge_top_k, tpr_at_threshold_rank
+from .embeddings import EmbeddingTable
+from .roc import ceil_rank, far_key, mark_unresolvable, merge_top_k, tpr_at_threshold_rank
 
 __all__ = [
     "l2n",
@@ -193,11 +199,14 @@ class MegaFaceStream:
             if imp.size < max(ks):   # the rest are pushed-away (-inf) distractors
                 imp = np.concatenate([imp, np.full(max(ks) - imp.size, -np.inf, np.float32)])
             tars, ths = tpr_at_threshold_rank(g, imp, ks)
+            tar = {far_key(f): v for f, v in zip(self.fars, tars)}
+            th = {far_key(f): v for f, v in zip(self.fars, ths)}
             self.results[mode][str(size)] = {
                 "distractors": size,
                 "rank": {str(r): float(np.count_nonzero(above < r)) / above.size for r in self.ranks},
-                "tar_at_far": {far_key(f): v for f, v in zip(self.fars, tars)},
-                "threshold_at_far": {far_key(f): v for f, v in zip(self.fars, ths)},
+                "tar_at_far": tar,
+                "threshold_at_far": th,
+                "not_resolvable": mark_unresolvable(self.fars, n * size, tar, th),
                 "genuine": int(g.size),
                 "impostors": int(n * size),
             }
@@ -254,13 +263,20 @@ def noise_mask(sources: Iterable[str], entries: set[str]) -> np.ndarray:
 
 # ---------------------------------------------------------------- runner
 
-def _embed_set(aset, rows, embedder, flip: bool, batch: int, desc: str) -> Iterator[tuple[int, np.ndarray]]:
-    from tqdm import tqdm
+def _embed_set(aset, rows, embedder, flip: bool, batch: int, desc: str, workers: int = 1
+               ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, keys, raw features float32) per batch of `batch` faces, in manifest order."""
+    from .loader import aligned_images, rebatch
 
-    keys = rows["key"].to_numpy()
-    for s in tqdm(range(0, keys.size, batch), desc=desc, unit="batch", disable=None):
-        imgs = np.stack([aset.read_rgb(int(k)) for k in keys[s:s + batch]])
-        yield s, l2n(embedder.embed(imgs, flip=flip))
+    s = 0
+    for keys, imgs in rebatch(aligned_images(aset, rows["key"].to_numpy(), workers, desc), batch):
+        yield s, keys, np.asarray(embedder.embed(imgs, flip=flip), dtype=np.float32)
+        s += keys.size
+
+
+def _table_add(table: EmbeddingTable, rows, s: int, keys: np.ndarray, raw: np.ndarray, role: str) -> None:
+    src = rows["source"].to_numpy()[s:s + keys.size].astype(str)
+    table.add(src, raw, role=np.full(keys.size, role), record=keys)
 
 
 def run_megaface(params, embedder, ctx=None) -> dict[str, Any]:
@@ -277,7 +293,13 @@ def run_megaface(params, embedder, ctx=None) -> dict[str, Any]:
     if (prow["identity"] == "").any():
         raise PipelineError(f"{probes.dir}: {int((prow['identity'] == '').sum())} probe faces have no identity")
     batch = max(1, int(getattr(embedder, "batch_size", 64) or 64))
-    pf = np.concatenate([f for _, f in _embed_set(probes, prow, embedder, params.flip, batch, "megaface probes")])
+    workers = max(1, int(getattr(ctx, "workers", 1) or 1))
+    table = EmbeddingTable("aligned-set manifest source; role = probe | distractor, record = aligned-set key")
+    parts = []
+    for s, keys, raw in _embed_set(probes, prow, embedder, params.flip, batch, "megaface probes", workers):
+        _table_add(table, prow, s, keys, raw, "probe")
+        parts.append(l2n(raw))
+    pf = np.concatenate(parts)
     labels = prow["identity"].astype(str).to_numpy()
 
     refined = None
@@ -301,11 +323,14 @@ def run_megaface(params, embedder, ctx=None) -> dict[str, Any]:
     st = MegaFaceStream(pf, labels, sizes, params.ranks, params.fars, refined)
     dsub = drow.iloc[:st.max_size]
     chunk = max(batch, (params.chunk // batch) * batch)
-    for s, f in _embed_set(distr, dsub, embedder, params.flip, chunk, "megaface distractors"):
+    for s, keys, raw in _embed_set(distr, dsub, embedder, params.flip, chunk, "megaface distractors", workers):
+        _table_add(table, dsub, s, keys, raw, "distractor")
+        f = l2n(raw)
         st.feed(f, None if dnoisy is None else dnoisy[s:s + f.shape[0]])
     res = st.finish()
     counts["distractors_used"] = int(st.seen)
     counts["genuine_trials"] = int(st.gp.size)
     probes.close()
     distr.close()
-    return {"benchmark": "megaface", "metrics": res, "plots": {}, "counts": counts, "problems": problems}
+    return {"benchmark": "megaface", "metrics": res, "plots": {}, "counts": counts, "problems": problems,
+            "embeddings": table}

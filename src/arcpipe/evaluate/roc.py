@@ -13,6 +13,12 @@ Two rules exist in the reference code base, and both are here:
   is the k-th largest impostor score with k = ceil(rate * n_queries) (1:N) or
   ceil(rate * n_impostors) (MegaFace), and the TPR is the fraction of genuine scores strictly
   above it. Only the k largest impostor scores are needed, so callers can stream them.
+
+* `mark_unresolvable`: a rate below 1 / (number of impostor comparisons) cannot be resolved
+  (not one false accept is allowed at it), whichever rule reads the curve. Its TAR (TPIR) and
+  threshold are reported as None, and the metrics dict gets
+  "not_resolvable": {"<rate key>": "FAR <rate> needs at least <ceil(1/rate)> impostor pairs; <n> here"}
+  (empty when every rate resolves). The ROC plots are not affected.
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ __all__ = [
     "ceil_rank",
     "far_key",
     "roc_plot_rows",
+    "pairs_needed",
+    "mark_unresolvable",
 ]
 
 
@@ -140,6 +148,38 @@ def tpr_at_threshold_rank(pos: np.ndarray, neg_top_desc: np.ndarray, ranks: Sequ
 def ceil_rank(rate: float, n: int) -> int:
     """math.ceil(n * rate), as the 1:N script computes the number of tolerated false alarms."""
     return int(math.ceil(n * rate))
+
+
+# ---------------------------------------------------------------- rates too small for the data
+
+def pairs_needed(rate: float) -> int:
+    """ceil(1 / rate): the fewest impostor comparisons at which `rate` allows one false accept.
+
+    1 / 1e-6 is 999999.99999999988 in floating point; a quotient within 1e-9 (relative) of an
+    integer is taken as that integer, so decimal rates give the count they name.
+    """
+    q = 1.0 / float(rate)
+    r = round(q)
+    return int(r) if abs(q - r) <= 1e-9 * q else int(math.ceil(q))
+
+
+def mark_unresolvable(rates: Sequence[float], n: int, *tables: dict) -> dict[str, str]:
+    """Set to None, in each of `tables` ({far_key(rate): value}), every rate below 1 / n.
+
+    Returns {far_key(rate): "FAR <rate> needs at least <ceil(1/rate)> impostor pairs; <n> here"}
+    for those rates ({} when all resolve). n = 0 resolves none.
+    """
+    n = int(n)
+    out: dict[str, str] = {}
+    for x in rates:
+        need = pairs_needed(x)
+        if n < need:
+            key = far_key(x)
+            out[key] = f"FAR {key} needs at least {need} impostor pairs; {n} here"
+            for t in tables:
+                if key in t:
+                    t[key] = None
+    return out
 
 
 # ---------------------------------------------------------------- plots

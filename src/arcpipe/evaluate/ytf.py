@@ -12,7 +12,7 @@
   every fold is one official split (a warning is returned when the split sizes differ).
 * A pair whose video has no aligned frame is skipped, counted and listed.
 
-The runner writes nothing: it returns {"metrics", "plots", "counts", "problems"}.
+The runner writes nothing: it returns {"metrics", "plots", "counts", "problems", "embeddings"}.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import PipelineError
+from .embeddings import EmbeddingTable
 
 __all__ = ["read_splits", "video_of", "video_features", "evaluate_ytf", "run_ytf"]
 
@@ -108,9 +109,9 @@ def _pick_frames(n: int, max_frames: Optional[int]) -> np.ndarray:
 
 
 def run_ytf(params, embedder, ctx=None) -> dict[str, Any]:
-    from tqdm import tqdm
-
+    """Frames decoded in ctx.workers processes (arcpipe.evaluate.loader), embedded here."""
     from ..align.aligned_set import AlignedSet
+    from .loader import aligned_images, rebatch
 
     splits, a, b, same = read_splits(params.pairs)
     aset = AlignedSet(params.frames)
@@ -134,10 +135,18 @@ def run_ytf(params, embedder, ctx=None) -> dict[str, Any]:
     problems: list[str] = []
     counts: dict[str, Any] = {"pairs": int(len(same)), "videos": len(names), "frames_used": len(keys)}
     bs = max(1, int(getattr(embedder, "batch_size", 64) or 64))
+    workers = max(1, int(getattr(ctx, "workers", 1) or 1))
+    source_of = dict(zip(faces["key"].to_numpy().tolist(), faces["source"].astype(str)))
+    table = EmbeddingTable("aligned-set manifest source of the frame; record = aligned-set key, "
+                           "video = <person>/<video>")
     feats = []
-    for s in tqdm(range(0, len(keys), bs), desc="ytf frames", unit="batch", disable=None):
-        imgs = np.stack([aset.read_rgb(k) for k in keys[s:s + bs]])
-        feats.append(np.asarray(embedder.embed(imgs, flip=params.flip), dtype=np.float32))
+    s = 0
+    for k, imgs in rebatch(aligned_images(aset, keys, workers, "ytf frames"), bs):
+        f = np.asarray(embedder.embed(imgs, flip=params.flip), dtype=np.float32)
+        feats.append(f)
+        table.add(np.asarray([source_of[int(j)] for j in k]), f, record=k,
+                  video=np.asarray([names[v] for v in vidx[s:s + k.size]]))
+        s += k.size
     aset.close()
     if not feats:
         raise PipelineError(f"{aset.dir}: no frame of any video in {params.pairs}")
@@ -160,4 +169,5 @@ def run_ytf(params, embedder, ctx=None) -> dict[str, Any]:
     res = evaluate_ytf(vf[ia[order]], vf[ib[order]], same[order])
     fpr, tpr = res.pop("_roc")
     plot = [{"fpr": float(x), "tpr": float(y)} for x, y in sorted(zip(fpr, tpr))]
-    return {"benchmark": "ytf", "metrics": res, "plots": {"roc": plot}, "counts": counts, "problems": problems}
+    return {"benchmark": "ytf", "metrics": res, "plots": {"roc": plot}, "counts": counts, "problems": problems,
+            "embeddings": table}

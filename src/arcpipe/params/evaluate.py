@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
@@ -46,6 +47,10 @@ class EvaluateParams(Section):
     far_target: float = Field(default=1e-3, gt=0, lt=1)
     metrics_dir: str = "metrics"
     plots_dir: str = "plots"
+    # <name>.npz per benchmark: keys + float16 embeddings (+ norms), a cached DVC output
+    embeddings_dir: str = "data/evaluate"
+    # processes that read and align (decode) IJB / MegaFace / YTF images; the model runs in the stage
+    workers: PositiveInt = 2
     # the large benchmarks: run only when their section is given
     # IJB sets by name, e.g. {ijbb: {root, target: IJBB, gallery: [S1, S2]}, ijbc: {root, target: IJBC}}:
     # metrics/<name>.json, plots/roc_<name>.csv; a name set to null is switched off
@@ -90,6 +95,19 @@ class EvaluateParams(Section):
         clash = sorted(set(self.verification) & set(self.ijb))
         if clash:
             raise ValueError(f"{clash[0]!r} names both a verification set and an IJB set")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_dirs(self) -> "EvaluateParams":
+        dirs = {"metrics_dir": self.metrics_dir, "plots_dir": self.plots_dir, "embeddings_dir": self.embeddings_dir}
+        parts = {k: PurePosixPath(v.replace("\\", "/").rstrip("/") or ".").parts for k, v in dirs.items()}
+        keys = list(dirs)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                pa, pb = parts[a], parts[b]
+                if pa[:len(pb)] == pb or pb[:len(pa)] == pa:
+                    raise ValueError(f"{a} {dirs[a]!r} and {b} {dirs[b]!r} must be separate folders "
+                                     "(each is rebuilt whole)")
         return self
 
 

@@ -5,8 +5,8 @@
 Embeds every benchmark with one model and runs each protocol (arcpipe.evaluate); writes metrics
 DVC understands.
 
-Outputs (both folders are rebuilt whole and renamed into place at the end, so a failure leaves
-the previous ones untouched):
+Outputs (the three folders are rebuilt whole and renamed into place at the end, so a failure
+leaves the previous ones untouched):
 
     <metrics_dir>/<name>.json     one per verification set (evaluate.verification {name: .bin}):
                                   acc_mean/acc_std, fold_acc, fold_threshold, val_mean/val_std/
@@ -18,8 +18,14 @@ the previous ones untouched):
                                   model identity. A key "plots" in that dict ({plot name:
                                   {column: list} or [row dicts]}) is taken out and written
                                   as plots/<plot name>_<bench>.csv (e.g. roc_ijbc.csv).
-    <metrics_dir>/summary.json    the stage summary (counts, seconds, params digest)
+    <metrics_dir>/summary.json    the stage summary (counts and the params digest; timings go to logs/timings.jsonl)
     <plots_dir>/roc_<name>.csv    the verification ROC averaged over folds: threshold,fpr,tpr
+    <embeddings_dir>/<name>.npz   every benchmark's embeddings: key + float16 unit vectors + norms
+                                  (arcpipe.evaluate.embeddings), with summary.json listing them
+
+IJB, MegaFace and YTF read and align (decode) their images in evaluate.workers processes
+(arcpipe.evaluate.loader; --workers N overrides, capped at the CPUs); the model runs here.
+Metrics and embeddings do not depend on the number of workers.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import PipelineError
+from ..evaluate.embeddings import EmbeddingTable
 from ..evaluate.ijb import run_ijb
 from ..evaluate.megaface import run_megaface
 from ..evaluate.model import load_embedder
@@ -73,6 +80,25 @@ def _bench_runs(p) -> list[tuple[str, str, Any]]:
     return runs
 
 
+class _ViewTap:
+    """The embedder as verify_bin uses it, keeping a copy of every image's feature (the two
+    views added, as the protocol adds them) for the embeddings file."""
+
+    def __init__(self, embedder, table: EmbeddingTable):
+        self._embedder = embedder
+        self._table = table
+
+    def __getattr__(self, name: str):
+        return getattr(self._embedder, name)
+
+    def embed_views(self, rgb, flip: bool = True):
+        a, b = self._embedder.embed_views(rgb, flip)
+        feat = a if b is None else a.astype(np.float64) + b.astype(np.float64)
+        start = len(self._table)
+        self._table.add(np.arange(start, start + feat.shape[0], dtype=np.int64), feat)
+        return a, b
+
+
 def run(ctx) -> dict[str, Any]:
     p = ctx.params.evaluate
     for name, path in p.verification.items():
@@ -82,15 +108,22 @@ def run(ctx) -> dict[str, Any]:
         raise PipelineError(f"{ctx.params_files[0]}: evaluate: nothing to evaluate (no verification sets, no ijb/megaface/ytf)")
     embedder = load_embedder(p.model, p.device, p.batch_size)
     identity = embedder.identity()
-    ctx.log.info("model: %s", identity.get("name") or identity["kind"])
+    ctx.log.info("model: %s; decode/align workers: %d", identity.get("name") or identity["kind"], ctx.workers)
 
     counts: dict[str, Any] = {"benchmarks": [], "pairs": {}, "model": identity.get("name") or identity["kind"]}
-    metrics_dir, plots_dir = Path(p.metrics_dir), Path(p.plots_dir)
-    with atomic_path(metrics_dir) as mtmp, atomic_path(plots_dir) as ptmp:
+    metrics_dir, plots_dir, emb_dir = Path(p.metrics_dir), Path(p.plots_dir), Path(p.embeddings_dir)
+    saved: dict[str, Any] = {}
+    with atomic_path(metrics_dir) as mtmp, atomic_path(plots_dir) as ptmp, atomic_path(emb_dir) as etmp:
         mtmp.mkdir(parents=True)
         ptmp.mkdir(parents=True)
+        etmp.mkdir(parents=True)
         for name, path in sorted(p.verification.items()):
-            metrics, roc = verify_bin(name, path, embedder, p.flip, p.folds, p.far_target, ctx.log)
+            table = EmbeddingTable("image index in the .bin pack (pair i = images 2i, 2i+1)")
+            with ctx.working_on(f"verification set {name} ({path})"):
+                metrics, roc = verify_bin(name, path, _ViewTap(embedder, table), p.flip, p.folds, p.far_target,
+                                          ctx.log)
+            saved[name] = table.write(etmp / f"{name}.npz")
+            saved[name]["file"] = str(emb_dir / f"{name}.npz")
             metrics["model"] = identity
             metrics["roc_plot"] = str(plots_dir / f"roc_{name}.csv")
             write_json_atomic(mtmp / f"{name}.json", metrics)
@@ -99,13 +132,18 @@ def run(ctx) -> dict[str, Any]:
             counts["pairs"][name] = metrics["pairs"]
         for section, name, params in benches:
             fn = BENCHES[section]
-            result = dict(fn(params, embedder, ctx) or {})
+            with ctx.working_on(f"benchmark {name} (evaluate.{section})"):
+                result = dict(fn(params, embedder, ctx) or {})
             if section != "ijb":
                 name = str(result.get("benchmark") or name)
             if not _SAFE_NAME.match(name) or name == "summary" or name in p.verification:
                 raise PipelineError(f"evaluate.{section}: benchmark name {name!r} cannot name its metrics file "
                                     "(clashes with a verification set, or not a plain name)")
             result["benchmark"] = name
+            table = result.pop("embeddings", None)
+            if table is not None:
+                saved[name] = table.write(etmp / f"{name}.npz")
+                saved[name]["file"] = str(emb_dir / f"{name}.npz")
             plots = result.pop("plots", None) or {}
             for plot_name, columns in plots.items():
                 plot_file = f"{plot_name}_{name}.csv"
@@ -114,6 +152,8 @@ def run(ctx) -> dict[str, Any]:
             result["model"] = identity
             write_json_atomic(mtmp / f"{name}.json", result)
             counts["benchmarks"].append(name)
+        counts["embeddings"] = {k: v["rows"] for k, v in saved.items()}
+        write_json_atomic(etmp / "summary.json", {"model": identity, "files": saved})
         rec = ctx.summary_record(counts)
         write_json_atomic(mtmp / "summary.json", rec)
     return counts
