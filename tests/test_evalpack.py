@@ -135,6 +135,8 @@ def test_evalpack_stage_builds_bin_and_counts_missing(tmp_path, monkeypatch):
     # Cid_0002 has no crop (pairs line 6), Dan_0001 is not in the set (line 8)
     assert info["pairs_listed"] == 8 and info["pairs_written"] == 6 and info["pairs_skipped"] == 2
     assert {m["image"] for m in info["missing"]} == {"Cid/Cid_0002.jpg", "Dan/Dan_0001.jpg"}
+    # pairs.txt's fold of each written pair (fold 1 lost two of its four), for the official folds
+    assert info["folds"] == 2 and info["pair_folds"] == [0, 0, 0, 0, 1, 1] and info["fold_pairs_written"] == [4, 2]
     assert info["sha256"] == sha256_file(out / "lfw.bin")
     assert len(bins) == 12 and same.tolist() == [True, True, False, False, True, False]
     assert all(decode_rgb(b).shape == (112, 112, 3) for b in bins)

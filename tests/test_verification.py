@@ -9,8 +9,10 @@ from arcpipe.evaluate.verification import (
     ACC_THRESHOLDS,
     evaluate_distances,
     evaluate_embeddings,
+    impostors_needed,
     kfold_splits,
     l2_normalize,
+    official_splits,
     pair_distances,
     slinear_threshold,
 )
@@ -38,7 +40,8 @@ def _slinear_old_scipy(far, th, target):
     return float(BSpline.construct_fast(t, np.asarray(th, dtype=float), 1)(target))
 
 
-def slow_protocol(emb_raw, issame, folds=10, far_target=1e-3):
+def slow_protocol(emb_raw, issame, folds=10, far_target=1e-3, pair_folds=None):
+    """The reference loop; with pair_folds, test fold f = the pairs whose fold is f."""
     from sklearn.model_selection import KFold
     from sklearn.preprocessing import normalize
 
@@ -46,7 +49,11 @@ def slow_protocol(emb_raw, issame, folds=10, far_target=1e-3):
     d = np.sum(np.square(emb[0::2] - emb[1::2]), 1)
     same = np.asarray(issame, dtype=bool)
     idx = np.arange(len(same))
-    splits = list(KFold(n_splits=folds, shuffle=False).split(idx))
+    if pair_folds is None:
+        splits = list(KFold(n_splits=folds, shuffle=False).split(idx))
+    else:
+        pf = np.asarray(pair_folds)
+        splits = [(idx[pf != f], idx[pf == f]) for f in range(folds)]
     th = np.arange(0, 4, 0.01)
     acc, best_th, tprs, fprs = [], [], np.zeros((folds, len(th))), np.zeros((folds, len(th)))
     for f, (tr, te) in enumerate(splits):
@@ -222,3 +229,75 @@ def test_result_dict_is_json_ready():
     assert len(d["fold_acc"]) == 10 and len(d["fold_threshold"]) == 10
     assert d["pairs"] == 100 and d["same_pairs"] + d["diff_pairs"] == 100
     assert "NaN" not in text
+
+
+# ---------------------------------------------------------------- official folds, resolvable FAR
+def test_given_folds_match_the_slow_definition_bit_for_bit():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(6)
+    emb, same = _random_set(rng, 997, 16, 1.2)
+    pair_folds = np.sort(rng.integers(0, 10, size=997))        # uneven folds, as skipped pairs leave them
+    ref = slow_protocol(emb, same, pair_folds=pair_folds)
+    got = evaluate_embeddings(emb, same, pair_folds=pair_folds)
+    assert got.fold_rule == "official (pairs.txt)"
+    assert got.fold_sizes == [int(np.sum(pair_folds == f)) for f in range(10)]
+    assert got.fold_sizes != [te.size for _, te in kfold_splits(997, 10)]
+    np.testing.assert_array_equal(got.accuracy, ref["acc"])
+    np.testing.assert_array_equal(got.best_threshold, ref["th"])
+    np.testing.assert_array_equal(got.val_threshold, ref["vth"])
+    np.testing.assert_array_equal(got.val, ref["val"])
+    np.testing.assert_array_equal(got.tpr, ref["tpr"])
+    # and they are not the contiguous folds' numbers
+    contiguous = evaluate_embeddings(emb, same)
+    assert contiguous.fold_rule == "contiguous KFold(10) (reference)"
+    assert not np.array_equal(got.accuracy, contiguous.accuracy)
+
+
+def test_contiguous_official_folds_give_the_reference_numbers():
+    rng = np.random.default_rng(7)
+    emb, same = _random_set(rng, 600, 8, 1.0)
+    official = evaluate_embeddings(emb, same, pair_folds=np.repeat(np.arange(10), 60))
+    ref = evaluate_embeddings(emb, same)
+    for k in ("accuracy", "best_threshold", "tpr", "fpr", "val", "far", "val_threshold"):
+        np.testing.assert_array_equal(getattr(official, k), getattr(ref, k))
+    assert official.fold_rule != ref.fold_rule
+
+
+def test_official_splits_rules():
+    splits = official_splits([0, 0, 2, 2, 2, 1], folds=3)
+    assert [te.tolist() for _, te in splits] == [[0, 1], [5], [2, 3, 4]]
+    assert [tr.tolist() for tr, _ in splits] == [[2, 3, 4, 5], [0, 1, 2, 3, 4], [0, 1, 5]]
+    assert [te.tolist() for _, te in official_splits([0, 0, 3, 3], folds=4)] == [[0, 1], [2, 3]]  # empty folds dropped
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        official_splits([0, 3], folds=3)
+    with pytest.raises(ValueError, match="at least 2"):
+        official_splits([1, 1, 1], folds=3)
+    with pytest.raises(ValueError, match="pair folds for"):
+        evaluate_distances(np.zeros(4), np.array([True, False, True, False]), folds=2, pair_folds=[0, 1])
+
+
+def test_impostors_needed():
+    assert impostors_needed(1e-3) == 1000 and impostors_needed(1e-5) == 100000
+    assert impostors_needed(1e-6) == 1000000 and impostors_needed(0.3) == 4 and impostors_needed(1 / 3) == 3
+    assert impostors_needed(1.0) == 1
+
+
+def test_val_at_a_far_the_training_splits_cannot_resolve():
+    # 60 pairs, 30 impostors: every training split holds 27, and FAR 1e-3 needs 1,000
+    rng = np.random.default_rng(8)
+    same = np.tile([True, False], 30)
+    emb, _ = _random_set(rng, 60, 8, 1.0)
+    r = evaluate_embeddings(emb, same)
+    d = r.to_dict()
+    assert d["val_mean"] is None and d["val_std"] is None and d["far_mean"] is None
+    assert d["fold_val"] == [None] * 10 and d["val_train_impostors"] == [27] * 10
+    assert d["not_resolvable"] == {"0.001": "FAR 0.001 needs at least 1000 impostor pairs; "
+                                            "27 here (the fewest in a training split of 10 folds)"}
+    # accuracy untouched; the reference's own numbers stay on the result object
+    assert d["acc_mean"] == r.acc_mean and d["fold_acc"] == [float(a) for a in r.accuracy]
+    assert np.isfinite(r.val_mean)
+    # a FAR those 27 impostor pairs can resolve is reported
+    ok = evaluate_embeddings(emb, same, far_target=0.05).to_dict()
+    assert "not_resolvable" not in ok and ok["val_mean"] is not None and None not in ok["fold_val"]
+    assert ok["acc_mean"] == d["acc_mean"]

@@ -3,11 +3,17 @@
 bins: 2P encoded images (JPEG bytes), pairs consecutive; issame_list: P booleans.
 Loading uses a restricted unpickler: a downloaded pack cannot run code. The `evalpack` stage
 builds .bin packs from an aligned verification set and an LFW-format pairs list.
+
+The .bin keeps insightface's format, so it cannot say which official fold each pair came from;
+once pairs were skipped, contiguous folds no longer match pairs.txt's. The stage writes a
+sidecar <set>.json beside <set>.bin with the pack's sha256 and `pair_folds` (pairs.txt's fold of
+each written pair); `read_pack_folds` gives the evaluation those folds back.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import pickle
 import re
@@ -21,7 +27,7 @@ from .errors import PipelineError
 from .fsutil import write_bytes_atomic
 
 __all__ = ["load_bin", "write_bin", "dump_bin", "EvalPackError", "Pair", "build_bin",
-           "read_lfw_pairs"]
+           "read_lfw_pairs", "sidecar_path", "PackFolds", "read_pack_folds"]
 
 log = logging.getLogger("arcpipe.evalpack")
 
@@ -200,6 +206,7 @@ def build_bin(aligned, pairs: Sequence[Pair], pairs_path: str | Path, on_missing
         by_tail[_source_tail(src)] = (key, status)
     bins: list[bytes] = []
     same: list[bool] = []
+    folds: list[int] = []
     missing: dict[str, str] = {}
     skipped = []
     cache: dict[int, bytes] = {}
@@ -225,6 +232,7 @@ def build_bin(aligned, pairs: Sequence[Pair], pairs_path: str | Path, on_missing
                 cache[k] = aligned.read_jpeg(k)
             bins.append(cache[k])
         same.append(p.same)
+        folds.append(p.fold)
     report = {
         "pairs_listed": len(pairs),
         "pairs_written": len(same),
@@ -234,5 +242,72 @@ def build_bin(aligned, pairs: Sequence[Pair], pairs_path: str | Path, on_missing
         "different": int(len(same) - sum(same)),
         "images_missing": len(missing),
         "missing": [{"image": k, "reason": v} for k, v in sorted(missing.items())],
+        "folds": (max(p.fold for p in pairs) + 1) if pairs else 0,
+        "pair_folds": folds,
     }
     return bins, same, report
+
+
+# --------------------------------------------------------------------------- sidecar: official folds
+
+def sidecar_path(bin_path: str | Path) -> Path:
+    """<set>.json beside <set>.bin: what the evalpack stage wrote about the pack."""
+    return Path(bin_path).with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class PackFolds:
+    """What a pack's sidecar says about its folds; pair_folds is None when it gives none."""
+    sidecar: Optional[str]            # the sidecar's path, None when the .bin has none
+    pair_folds: Optional[list[int]]   # pairs.txt's fold of each pair in the pack
+    folds: Optional[int]              # pairs.txt's fold count
+    pairs_listed: Optional[int]       # pairs in pairs.txt
+    pairs_dropped: Optional[int]      # listed but not in the pack (an image was missing)
+
+
+def read_pack_folds(bin_path: str | Path, sha256: str, n_pairs: int) -> PackFolds:
+    """The official folds of a pack from its sidecar, checked against the pack itself.
+
+    No sidecar (a downloaded pack): all None. A sidecar must be this pack's (same sha256) and
+    give one fold per pair; one from before folds were recorded is accepted only when no pair
+    was skipped (then contiguous folds are pairs.txt's anyway).
+    """
+    side = sidecar_path(bin_path)
+    if not side.is_file():
+        return PackFolds(None, None, None, None, None)
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EvalPackError(f"{side}: line {e.lineno}: not a readable pack sidecar ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvalPackError(f"{side}: not a readable pack sidecar ({str(e).splitlines()[0]})") from None
+    if not isinstance(info, dict) or "sha256" not in info:
+        raise EvalPackError(f"{side}: beside {Path(bin_path).name} but not its evalpack sidecar (no sha256); "
+                            "move it away or rebuild the pack with scripts/evalpack.py")
+    if info["sha256"] != sha256:
+        raise EvalPackError(f"{side}: describes another pack (sha256 {str(info['sha256'])[:16]}, "
+                            f"{Path(bin_path).name} has {sha256[:16]}); rebuild with scripts/evalpack.py")
+
+    def count(key: str) -> Optional[int]:
+        v = info.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise EvalPackError(f"{side}: {key} must be a count, got {v!r:.40}")
+        return v
+
+    listed, dropped, folds = count("pairs_listed"), count("pairs_skipped"), count("folds")
+    raw = info.get("pair_folds")
+    if raw is None:
+        if dropped:
+            raise EvalPackError(f"{side}: {dropped} pairs were skipped but the sidecar has no pair_folds, so "
+                                "pairs.txt's folds are lost; rebuild the pack with scripts/evalpack.py")
+        return PackFolds(str(side), None, folds, listed, dropped)
+    if not isinstance(raw, list) or len(raw) != n_pairs:
+        got = len(raw) if isinstance(raw, list) else type(raw).__name__
+        raise EvalPackError(f"{side}: pair_folds must list one fold per pair of the pack ({n_pairs}), got {got}")
+    top = folds if folds is not None else 1 + max((f for f in raw if isinstance(f, int)), default=0)
+    for i, f in enumerate(raw):
+        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < top:
+            raise EvalPackError(f"{side}: pair_folds[{i}]: expected a fold number in [0, {top}), got {f!r:.40}")
+    return PackFolds(str(side), list(raw), top, listed, dropped)

@@ -2,12 +2,17 @@
 
 The one place the report takes the paper's table from. Values are percentages. `key` is the
 benchmark name our metrics files use (metrics/<key>.json) and `metric` the measured quantity.
+PROTOCOLS holds the evaluation setting each benchmark's paper number was measured in (the full
+pair sets, the official folds, 1M MegaFace distractors): the report puts a difference beside a
+paper number only when our measurement was made in that same setting.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
-__all__ = ["Setting", "PaperNumber", "SETTINGS", "PAPER_NUMBERS", "MAIN_SETTING", "numbers_for"]
+__all__ = ["Setting", "PaperNumber", "Protocol", "SETTINGS", "PAPER_NUMBERS", "PROTOCOLS", "MAIN_SETTING",
+           "numbers_for", "count_text"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,30 @@ class Setting:
 
     def describe(self) -> str:
         return f"{self.training_data}, {self.backbone}, {self.loss} m={self.margin:g}, s={self.scale:g}"
+
+
+def count_text(n: int) -> str:
+    """6000 -> '6,000'; 1000000 -> '1M' (how the paper names its distractor set)."""
+    return "1M" if n == 1_000_000 else f"{n:,}"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The evaluation setting of a benchmark as the paper measured it (None: not part of it)."""
+    pairs: Optional[int] = None         # verification / video pairs; IJB: template pairs
+    folds: Optional[int] = None         # the official folds of the pairs list
+    distractors: Optional[int] = None   # MegaFace distractors
+    pair_unit: str = "pairs"            # how pairs are named: "pairs", "video pairs", "template pairs"
+
+    def describe(self) -> str:
+        parts = []
+        if self.pairs is not None:
+            parts.append(f"{count_text(self.pairs)} {self.pair_unit}")
+        if self.folds is not None:
+            parts.append(f"the official {self.folds} folds")
+        if self.distractors is not None:
+            parts.append(f"{count_text(self.distractors)} distractors")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -53,7 +82,7 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = (
                 note="model zoo figure, uncertain"),
     PaperNumber("agedb_30", "acc", "AgeDB-30 accuracy", 98.28, MAIN_SETTING, uncertain=True,
                 note="model zoo figure, uncertain"),
-    PaperNumber("megaface", "id_rank1_refined", "MegaFace rank-1 Id (refined, 1M distractors)", 98.35, MAIN_SETTING),
+    PaperNumber("megaface", "id_rank1_refined", "MegaFace rank-1 Id (refined)", 98.35, MAIN_SETTING),
     PaperNumber("megaface", "ver_tar@1e-6_refined", "MegaFace Ver TAR@FAR=1e-6 (refined)", 98.48, MAIN_SETTING),
     PaperNumber("ijbb", "tar@1e-4", "IJB-B 1:1 TAR@FAR=1e-4", 94.2, MAIN_SETTING),
     PaperNumber("ijbc", "tar@1e-4", "IJB-C 1:1 TAR@FAR=1e-4", 95.6, MAIN_SETTING,
@@ -62,6 +91,22 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = (
     PaperNumber("cfp_fp", "acc", "CFP-FP accuracy", 95.56, "casia-r50-arcface"),
     PaperNumber("agedb_30", "acc", "AgeDB-30 accuracy", 95.15, "casia-r50-arcface"),
 )
+
+
+# ANCHORS: LFW, CALFW, CPLFW, AgeDB-30 6,000 pairs, CFP-FP/FF 7,000, each in 10 folds; YTF 5,000
+# video pairs in 10 splits; MegaFace 1M distractors; IJB-B 8,010,270 and IJB-C 15,658,489 template pairs.
+PROTOCOLS: dict[str, Protocol] = {
+    "lfw": Protocol(pairs=6000, folds=10),
+    "calfw": Protocol(pairs=6000, folds=10),
+    "cplfw": Protocol(pairs=6000, folds=10),
+    "agedb_30": Protocol(pairs=6000, folds=10),
+    "cfp_fp": Protocol(pairs=7000, folds=10),
+    "cfp_ff": Protocol(pairs=7000, folds=10),
+    "ytf": Protocol(pairs=5000, folds=10, pair_unit="video pairs"),
+    "megaface": Protocol(distractors=1_000_000),
+    "ijbb": Protocol(pairs=8_010_270, pair_unit="template pairs"),
+    "ijbc": Protocol(pairs=15_658_489, pair_unit="template pairs"),
+}
 
 
 def numbers_for(setting: str = MAIN_SETTING) -> list[PaperNumber]:

@@ -2,9 +2,20 @@
 
 From <evaluate.metrics_dir>/*.json (not summary.json) the report stage writes into report.out_dir:
     results.md     the table, the paper's setting, the model and data that produced our numbers
-    results.csv    one row per (benchmark, metric): ours, paper, delta, setting, notes
+    results.csv    one row per (benchmark, metric): ours, paper, delta, setting, notes,
+                   setting_differs (how our setting differs from the paper's), not_resolvable
     summary.json   the stage summary
-The paper's table lives in arcpipe.paper (one place).
+The paper's table and its evaluation settings live in arcpipe.paper (one place).
+
+Honesty rules:
+* A difference (ours - paper) is given only when the measurement was made in the paper's setting
+  (arcpipe.paper.PROTOCOLS: the full pair set with its official folds, 1M MegaFace distractors,
+  the full IJB template pairs, the same FAR). Otherwise the row says what differs and has no
+  difference.
+* A rate at a FAR below 1 / (impostor pairs) cannot be resolved: such a row shows no number but
+  "not resolvable (n impostor pairs)". Metrics files say so themselves (the value null and a
+  `not_resolvable` entry beside it); older ones that still hold a number are judged here from
+  their impostor count.
 """
 from __future__ import annotations
 
@@ -12,11 +23,12 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .errors import PipelineError
-from .paper import MAIN_SETTING, PAPER_NUMBERS, SETTINGS, PaperNumber
+from .paper import MAIN_SETTING, PAPER_NUMBERS, PROTOCOLS, SETTINGS, PaperNumber, count_text
 
 __all__ = ["load_metrics", "measured_numbers", "build_rows", "render_markdown", "render_csv"]
 
@@ -26,7 +38,9 @@ TITLES = {"lfw": "LFW", "cfp_fp": "CFP-FP", "cfp_ff": "CFP-FF", "agedb_30": "Age
           "cplfw": "CPLFW", "vgg2_fp": "VGG2-FP", "ytf": "YTF", "megaface": "MegaFace", "ijbb": "IJB-B",
           "ijbc": "IJB-C"}
 CSV_COLUMNS = ["benchmark", "metric", "label", "ours", "ours_std", "paper", "delta", "paper_setting",
-               "paper_uncertain", "note", "model", "data", "data_sha256"]
+               "paper_uncertain", "note", "model", "data", "data_sha256", "setting_differs", "not_resolvable"]
+# where a metrics dict keeps the impostor count its rates were measured on
+IMPOSTOR_KEYS = ("impostor", "impostors", "non_mated_scores")
 
 
 def load_metrics(metrics_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -61,23 +75,61 @@ def _pct(v: Any) -> Optional[float]:
     return x * 100.0 if 0.0 <= x <= 1.0 else x
 
 
-def _find_rate(d: Any, at: float, names: Iterable[str]) -> Any:
-    """Look, depth first, for a mapping named one of `names` that has the key for rate `at`
-    (keys like '0.0001' or '1e-04'); return that value."""
-    keys = {repr(float(at)), f"{at:.0e}", f"{at:g}", str(at)}
+def _rate_keys(at: float) -> list[str]:
+    """The keys a metrics file may use for rate `at`: '0.0001', '1e-04', ..."""
+    at = float(at)
+    return list(dict.fromkeys([repr(at), f"{at:.0e}", f"{at:g}", str(at)]))
+
+
+def _rate_table(d: Any, names: Iterable[str]) -> tuple[Optional[dict], Optional[dict]]:
+    """Depth first: (the dict holding a rate mapping named one of `names`, that mapping)."""
     names = tuple(names)
     if isinstance(d, dict):
         for name in names:
-            sub = d.get(name)
-            if isinstance(sub, dict):
-                for k in keys:
-                    if k in sub:
-                        return sub[k]
+            if isinstance(d.get(name), dict):
+                return d, d[name]
         for v in d.values():
-            found = _find_rate(v, at, names)
-            if found is not None:
+            found = _rate_table(v, names)
+            if found[0] is not None:
                 return found
-    return None
+    return None, None
+
+
+def _impostors_needed(far: float) -> int:
+    """The smallest n with n * far >= 1: fewer impostor pairs cannot resolve FAR `far`."""
+    n = max(1, math.ceil(1.0 / far))
+    while n > 1 and (n - 1) * far >= 1.0 - 1e-9:
+        n -= 1
+    return n
+
+
+def _count(v: Any) -> Optional[int]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return int(v)
+
+
+def _rate(holder: dict, table: dict, at: float, impostors: Optional[int]) -> tuple[bool, Any, Optional[str]]:
+    """(present, value, 'not resolvable (...)' or None) for rate `at` of one rate mapping.
+
+    Not resolvable: the file says so (a `not_resolvable` entry, or null beside an impostor count
+    too small), or, in files from before that rule, the impostor count is below 1 / FAR.
+    """
+    keys = _rate_keys(at)
+    present = [k for k in keys if k in table]
+    if not present:
+        return False, None, None
+    value = table[present[0]]
+    why = holder.get("not_resolvable") if isinstance(holder.get("not_resolvable"), dict) else {}
+    said = next((why[k] for k in keys if k in why), None)
+    too_few = impostors is not None and impostors < _impostors_needed(at)
+    if said is not None or too_few:
+        n = impostors
+        if n is None:
+            found = re.search(r"(\d[\d,]*) here", str(said))
+            n = int(found.group(1).replace(",", "")) if found else None
+        return True, None, "not resolvable" + (f" ({n:,} impostor pairs)" if n is not None else "")
+    return True, value, None
 
 
 def _find_key(d: Any, names: Iterable[str]) -> Any:
@@ -93,28 +145,83 @@ def _find_key(d: Any, names: Iterable[str]) -> Any:
     return None
 
 
+def _pairs_differ(name: str, pairs: Any, folds: Any = None) -> list[str]:
+    """How a pair count (and fold count) differ from the paper's protocol for `name`."""
+    proto = PROTOCOLS.get(name)
+    if proto is None:
+        return []
+    out = []
+    if proto.pairs is not None:
+        n = _count(pairs)
+        if n is None:
+            out.append(f"{proto.pair_unit} not counted in the metrics (the paper: {count_text(proto.pairs)})")
+        elif n != proto.pairs:
+            out.append(f"{count_text(n)} {proto.pair_unit}, not {count_text(proto.pairs)}")
+    if proto.folds is not None and folds is not None and _count(folds) != proto.folds:
+        out.append(f"{folds} folds, not {proto.folds}")
+    return out
+
+
+def _verification_differs(name: str, m: dict[str, Any]) -> list[str]:
+    folds = m.get("folds")
+    if folds is None:
+        found = re.match(r"verification-(\d+)fold", str(m.get("protocol", "")))
+        folds = int(found.group(1)) if found else None
+    out = _pairs_differ(name, m.get("pairs"), folds)
+    if name not in PROTOCOLS:
+        return out
+    dropped, listed = _count(m.get("pairs_dropped")), _count(m.get("pairs_listed"))
+    if dropped:
+        out.append(f"{dropped:,} of {listed:,} listed pairs dropped" if listed else f"{dropped:,} pairs dropped")
+    rule = str(m.get("fold_rule", ""))
+    if rule and not rule.startswith("official") and dropped:
+        out.append(f"folds: {rule}, not the official ones")
+    return out
+
+
 def measured_numbers(name: str, m: dict[str, Any]) -> list[dict[str, Any]]:
-    """The headline numbers of one metrics file: [{metric, label, ours (percent), ours_std}]."""
+    """The headline numbers of one metrics file: [{metric, label, ours (percent), ours_std, note,
+    differs (how the setting differs from the paper's), not_resolvable}]."""
     rows: list[dict[str, Any]] = []
     title = TITLES.get(name, name)
     if str(m.get("protocol", "")).startswith("verification"):
+        differs = _verification_differs(name, m)
         rows.append({"metric": "acc", "label": f"{title} accuracy", "ours": _pct(m.get("acc_mean")),
-                     "ours_std": _pct(m.get("acc_std"))})
-        far = m.get("far_target", 1e-3)
-        rows.append({"metric": f"val@far={far:g}", "label": f"{title} VAL@FAR={far:g}",
-                     "ours": _pct(m.get("val_mean")), "ours_std": _pct(m.get("val_std"))})
-    elif name in ("ijbb", "ijbc", "ijbs") or name.startswith("ijb"):
+                     "ours_std": _pct(m.get("acc_std")), "differs": differs})
+        far = float(m.get("far_target", 1e-3))
+        row = {"metric": f"val@far={far:g}", "label": f"{title} VAL@FAR={far:g}",
+               "ours": _pct(m.get("val_mean")), "ours_std": _pct(m.get("val_std")), "differs": differs}
+        train = m.get("val_train_impostors")
+        if isinstance(train, list) and train and all(_count(x) is not None for x in train):
+            impostors = min(int(x) for x in train)
+        else:  # older files: every impostor pair of the set is an upper bound for a training split
+            impostors = _count(m.get("diff_pairs"))
+        nr = _rate(m, {repr(far): m.get("val_mean")}, far, impostors)[2]
+        if nr:
+            row.update(ours=None, ours_std=None, not_resolvable=nr)
+        rows.append(row)
+    elif name.startswith("ijb"):
+        holder, table = _rate_table(m, ("tar_at_far", "tar", "TAR"))
+        if table is None:
+            return rows
+        differs = _pairs_differ(name, holder.get("pairs"))
+        paper_set = name in PROTOCOLS
+        note = "" if paper_set else "an IJB-style set, not one of the paper's benchmarks (IJB-B, IJB-C)"
+        impostors = next((_count(holder[k]) for k in IMPOSTOR_KEYS if k in holder), None)
         for far in (1e-6, 1e-5, 1e-4, 1e-3):
-            v = _find_rate(m, far, ("tar", "tar_at_far", "TAR"))
-            if v is not None:
-                rows.append({"metric": f"tar@{far:.0e}".replace("e-0", "e-"), "label": f"{title} 1:1 TAR@FAR={far:g}",
-                             "ours": _pct(v), "ours_std": None})
+            present, value, nr = _rate(holder, table, far, impostors)
+            if present:
+                rows.append({"metric": f"tar@{far:.0e}".replace("e-0", "e-"), "ours_std": None,
+                             "label": f"{title} 1:1 TAR@FAR={far:g}", "ours": None if nr else _pct(value),
+                             "not_resolvable": nr, "differs": differs, "note": note})
     elif name == "megaface":
         rows.extend(_megaface_rows(m))
     elif name == "ytf":
         v = _find_key(m, ("acc_mean", "accuracy", "acc"))
         sd = _find_key(m, ("acc_std", "accuracy_std"))
-        rows.append({"metric": "acc", "label": "YTF accuracy", "ours": _pct(v), "ours_std": _pct(sd)})
+        res = m.get("metrics") if isinstance(m.get("metrics"), dict) else m
+        rows.append({"metric": "acc", "label": "YTF accuracy", "ours": _pct(v), "ours_std": _pct(sd),
+                     "differs": _pairs_differ(name, res.get("pairs"), res.get("folds"))})
     return rows
 
 
@@ -129,16 +236,33 @@ def _megaface_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     size = max(by_size, key=lambda k: int(k) if str(k).isdigit() else -1)
     r = by_size[size]
-    note = f"{int(size):,} distractors" + ("" if mode == "refined" else ", raw lists (no noise lists given)")
+    distractors = _count(r.get("distractors"))
+    if distractors is None:
+        distractors = int(size) if str(size).isdigit() else None
+    want = PROTOCOLS["megaface"].distractors
+    if distractors is None:
+        differs = ["distractor count not recorded in the metrics"]
+    elif distractors != want:
+        differs = [f"{count_text(distractors)} distractors, not {count_text(want)}"]
+    else:
+        differs = []
+    note = (f"{distractors:,} distractors" if distractors is not None and not differs else "") + \
+        ("" if mode == "refined" else ", raw lists (no noise lists given)")
+    note = note.lstrip(", ")
     rows = []
     rank1 = (r.get("rank") or {}).get("1")
     if rank1 is not None:
         rows.append({"metric": "id_rank1_refined" if mode == "refined" else "id_rank1_raw",
-                     "label": f"MegaFace rank-1 Id ({mode})", "ours": _pct(rank1), "ours_std": None, "note": note})
-    tar = _find_rate(r, 1e-6, ("tar_at_far", "tar"))
-    if tar is not None:
-        rows.append({"metric": "ver_tar@1e-6_refined" if mode == "refined" else "ver_tar@1e-6_raw",
-                     "label": f"MegaFace Ver TAR@FAR=1e-6 ({mode})", "ours": _pct(tar), "ours_std": None, "note": note})
+                     "label": f"MegaFace rank-1 Id ({mode})", "ours": _pct(rank1), "ours_std": None, "note": note,
+                     "differs": differs})
+    holder, table = (r, r.get("tar_at_far")) if isinstance(r.get("tar_at_far"), dict) else _rate_table(r, ("tar",))
+    if table is not None:
+        impostors = next((_count(holder[k]) for k in IMPOSTOR_KEYS if k in holder), None)
+        present, value, nr = _rate(holder, table, 1e-6, impostors)
+        if present:
+            rows.append({"metric": "ver_tar@1e-6_refined" if mode == "refined" else "ver_tar@1e-6_raw",
+                         "label": f"MegaFace Ver TAR@FAR=1e-6 ({mode})", "ours": None if nr else _pct(value),
+                         "ours_std": None, "note": note, "differs": differs, "not_resolvable": nr})
     return rows
 
 
@@ -190,27 +314,37 @@ def build_rows(metrics: dict[str, dict[str, Any]], paper: Iterable[PaperNumber] 
 
 def _row(name, r, p: Optional[PaperNumber], other: list[PaperNumber], model: str, data: str, sha: str) -> dict[str, Any]:
     ours = r["ours"]
-    notes = [r["note"]] if r.get("note") else []
+    differs = list(r.get("differs") or [])
+    nr = r.get("not_resolvable")
+    notes = []
+    if differs:
+        notes.append("setting differs: " + "; ".join(differs))
+    if r.get("note"):
+        notes.append(r["note"])
     if p is not None and p.note:
         notes.append(p.note)
     for o in other:
         notes.append(f"{SETTINGS[o.setting].describe()}: {o.value:g}")
-    if p is not None and ours is None:
-        notes.append("not measured")
+    if p is not None and ours is None and not nr:
+        proto = PROTOCOLS.get(name)
+        notes.append("not measured" + (f" (the paper: {proto.describe()})" if proto is not None else ""))
+    comparable = p is not None and ours is not None and not differs
     return {
         "benchmark": name,
         "metric": r["metric"],
-        "label": p.label if p is not None else r["label"],
+        "label": r["label"] if ours is not None or nr else (p.label if p is not None else r["label"]),
         "ours": ours,
         "ours_std": r.get("ours_std"),
         "paper": p.value if p is not None else None,
-        "delta": (ours - p.value) if (p is not None and ours is not None) else None,
+        "delta": (ours - p.value) if comparable else None,
         "paper_setting": p.setting if p is not None else "",
         "paper_uncertain": bool(p.uncertain) if p is not None else False,
         "note": "; ".join(notes),
         "model": model,
         "data": data,
         "data_sha256": sha,
+        "setting_differs": "; ".join(differs),
+        "not_resolvable": nr or "",
     }
 
 
@@ -225,7 +359,12 @@ def render_markdown(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any
     out = io.StringIO()
     out.write("# Results beside the ArcFace paper\n\n")
     out.write(f"Paper column: {s.source}; setting {s.describe()}. Numbers in percent. "
-              "`~` marks a paper figure that is uncertain; `—` means not measured / no paper figure.\n\n")
+              "`~` marks a paper figure that is uncertain; `—` means not measured / no paper figure. "
+              "A difference is shown only where our measurement used the paper's evaluation setting "
+              "(the full pair sets with their official folds, 1M MegaFace distractors, the full IJB "
+              "template pairs, the same FAR); where it did not, the difference cell is empty and the "
+              "note says what differs. A TAR or VAL at a FAR below 1 / (impostor pairs) cannot be "
+              "measured and is shown as not resolvable.\n\n")
     models = sorted({r["model"] for r in rows if r["model"]})
     if models:
         out.write("Ours: " + "; ".join(models) + "\n\n")
@@ -237,16 +376,29 @@ def render_markdown(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any
         ours = _fmt(r["ours"])
         if r["ours"] is not None and r["ours_std"] is not None and r["metric"] == "acc":
             ours += f" ± {r['ours_std']:.2f}"
+        if r["ours"] is None and r["not_resolvable"]:
+            ours = r["not_resolvable"]
         paper = _fmt(r["paper"])
         if r["paper_uncertain"] and r["paper"] is not None:
             paper = "~" + paper
+        # no difference where the settings differ: the cell stays empty, the note says why
+        differs = r["setting_differs"] and r["paper"] is not None and r["delta"] is None
+        delta = "" if differs else _fmt(r["delta"], sign=True)
         out.write(f"| {TITLES.get(r['benchmark'], r['benchmark'])} | {r['label']} | {ours} | {paper} | "
-                  f"{_fmt(r['delta'], sign=True)} | {r['note']} |\n")
+                  f"{delta} | {r['note']} |\n")
     data_rows = [(n, m.get("data")) for n, m in metrics.items() if isinstance(m.get("data"), dict)]
     if data_rows:
-        out.write("\n## Data\n\n| benchmark | file | sha256 | pairs |\n|---|---|---|---:|\n")
+        out.write("\n## Data\n\n| benchmark | file | sha256 | pairs | pairs listed | pairs dropped | folds |\n"
+                  "|---|---|---|---:|---:|---:|---|\n")
         for n, d in sorted(data_rows):
-            out.write(f"| {n} | {d.get('path', '')} | {str(d.get('sha256', ''))[:16]} | {metrics[n].get('pairs', '')} |\n")
+            m = metrics[n]
+
+            def cell(v: Any) -> str:
+                return "" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+
+            folds = f"{cell(m.get('folds'))}, {m['fold_rule']}" if m.get("fold_rule") else cell(m.get("folds"))
+            out.write(f"| {n} | {d.get('path', '')} | {str(d.get('sha256', ''))[:16]} | {cell(m.get('pairs'))} | "
+                      f"{cell(m.get('pairs_listed'))} | {cell(m.get('pairs_dropped'))} | {folds} |\n")
     out.write("\nThe paper's numbers are for its own trained model; ours are for the model named above, "
               "on the data files listed (their sha256 identifies the exact pack).\n")
     return out.getvalue()

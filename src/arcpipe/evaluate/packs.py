@@ -1,5 +1,11 @@
 """Verification packs (.bin) as the evaluate stage judges them: decode, embed (with the flip),
-10-fold verification, metrics and the ROC."""
+10-fold verification, metrics and the ROC.
+
+Folds: a pack the evalpack stage built has a sidecar (<set>.json beside <set>.bin) with the
+official fold of each pair (pairs.txt's); those folds are used, so skipped pairs do not shift
+the others into neighbouring folds. A pack without one (a downloaded lfw.bin) gets the
+reference's contiguous KFold. The metrics say which: `fold_rule`, `pairs_listed`, `pairs_dropped`.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import PipelineError
+from ..evalpack import load_bin, read_pack_folds
 from ..fsutil import sha256_file
 from .model import Embedder
 from .verification import evaluate_embeddings
@@ -50,8 +57,6 @@ def embed_bins(bins: list[bytes], embedder: Embedder, flip: bool, path: str, des
 
 
 def _load_pack(path: str) -> tuple[list[bytes], np.ndarray]:
-    from ..evalpack import load_bin
-
     bins, issame = load_bin(path)
     issame = np.asarray(issame, dtype=bool).reshape(-1)
     if len(bins) != 2 * issame.shape[0]:
@@ -66,19 +71,35 @@ def verify_bin(name: str, path: str, embedder: Embedder, flip: bool, folds: int,
     bins, issame = _load_pack(path)
     if issame.shape[0] < folds:
         raise PipelineError(f"{path}: {issame.shape[0]} pairs cannot make {folds} folds (evaluate.folds)")
+    sha = sha256_file(path)
+    pack = read_pack_folds(path, sha, int(issame.shape[0]))
+    pair_folds = pack.pair_folds
+    if pair_folds is not None and pack.folds != folds:
+        if log is not None:
+            log.warning("%s: evaluate.folds is %d but %s has %d official folds: using contiguous KFold(%d)",
+                        name, folds, pack.sidecar, pack.folds, folds)
+        pair_folds = None
     a, b = embed_bins(bins, embedder, flip, path, desc=name)
-    res = evaluate_embeddings(a, issame, folds=folds, far_target=far_target, flipped=b)
+    try:
+        res = evaluate_embeddings(a, issame, folds=folds, far_target=far_target, flipped=b, pair_folds=pair_folds)
+    except ValueError as e:  # e.g. too few official folds left with pairs in them
+        raise PipelineError(f"{pack.sidecar or path}: {e}") from None
     raw = a.astype(np.float64) if b is None else a.astype(np.float64) + b.astype(np.float64)
     metrics = {
         "benchmark": name,
-        "protocol": "verification-10fold" if folds == 10 else f"verification-{folds}fold",
+        "protocol": "verification-10fold" if res.folds == 10 else f"verification-{res.folds}fold",
         **res.to_dict(),
+        "pairs_listed": pack.pairs_listed,
+        "pairs_dropped": pack.pairs_dropped,
         "flip": bool(flip),
         "xnorm": float(np.mean(np.linalg.norm(raw, axis=1))),
-        "data": {"path": str(path), "sha256": sha256_file(path), "images": len(bins)},
+        "data": {"path": str(path), "sha256": sha, "images": len(bins), "sidecar": pack.sidecar},
     }
     roc = {"threshold": np.round(res.roc_thresholds, 6), "fpr": res.fpr, "tpr": res.tpr}
     if log is not None:
-        log.info("%s: acc %.5f +- %.5f, VAL %.5f @ FAR %.5f (target %g), %d pairs",
-                 name, res.acc_mean, res.acc_std, res.val_mean, res.far_mean, far_target, res.n_pairs)
+        val = ("VAL not resolvable at FAR %g (%d impostor pairs in the smallest training split)"
+               % (far_target, int(np.min(res.val_train_impostors)))) if res.not_resolvable() else \
+            "VAL %.5f @ FAR %.5f (target %g)" % (res.val_mean, res.far_mean, far_target)
+        log.info("%s: acc %.5f +- %.5f, %s, %d pairs, folds %s", name, res.acc_mean, res.acc_std, val,
+                 res.n_pairs, res.fold_rule)
     return metrics, roc

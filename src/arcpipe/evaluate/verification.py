@@ -7,7 +7,9 @@ The protocol (as insightface's arcface_torch eval/verification.py computes it):
 * distance = squared L2 distance between the two normalised rows; a pair is predicted "same"
   when distance < threshold (strict).
 * Folds: contiguous, like sklearn's KFold(n_splits=10, shuffle=False): the first n % 10 folds
-  hold n // 10 + 1 pairs, the rest n // 10.
+  hold n // 10 + 1 pairs, the rest n // 10. That is the reference's rule. Given the fold of each
+  pair (`pair_folds`: the official folds of pairs.txt, which a pack loses once pairs were
+  skipped), those folds are used instead; on a full LFW-format pack the two are the same.
 * Accuracy: for each fold, the threshold from np.arange(0, 4, 0.01) with the highest accuracy
   on the other nine folds (the first one when several tie: argmax) is applied to the fold.
   Reported: every fold's accuracy and threshold, their mean and population std (ddof 0).
@@ -20,6 +22,10 @@ The protocol (as insightface's arcface_torch eval/verification.py computes it):
   VAL and FAR of that threshold on the test fold; mean and std of VAL, mean of FAR.
   (On scipy >= 1.9 the reference itself fails here, "Expect x to not have duplicates",
   because FAR repeats along the grid; this module needs no scipy.)
+* A FAR below 1 / (impostor pairs of a training split) cannot be resolved: one false accept is
+  already more. The reference still prints a number there; the metrics dict does not: VAL and
+  FAR are null and `not_resolvable` says how many impostor pairs that FAR needs. The per-fold
+  numbers stay in the result object as the reference computes them.
 
 Every count is an exact integer from a sorted search, so accuracies and thresholds equal the
 reference's loop bit for bit on the same embeddings.
@@ -36,6 +42,10 @@ __all__ = [
     "VAL_THRESHOLDS",
     "VerificationResult",
     "kfold_splits",
+    "official_splits",
+    "impostors_needed",
+    "FOLD_RULE_CONTIGUOUS",
+    "FOLD_RULE_OFFICIAL",
     "l2_normalize",
     "pair_distances",
     "evaluate_distances",
@@ -45,6 +55,20 @@ __all__ = [
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+FOLD_RULE_CONTIGUOUS = "contiguous KFold({folds}) (reference)"
+FOLD_RULE_OFFICIAL = "official (pairs.txt)"
+
+
+def impostors_needed(far: float) -> int:
+    """The fewest impostor pairs at which a false-accept rate `far` can be resolved: the smallest
+    n with n * far >= 1 (below that a single false accept already exceeds it)."""
+    far = float(far)
+    if not far > 0:
+        raise ValueError(f"FAR must be positive, got {far}")
+    n = max(1, int(np.ceil(1.0 / far)))
+    while n > 1 and (n - 1) * far >= 1.0 - 1e-9:  # 1/far rounded up past an exact integer
+        n -= 1
+    return n
 
 
 def kfold_splits(n: int, folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -67,6 +91,33 @@ def kfold_splits(n: int, folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]
         test = idx[bounds[f]: bounds[f + 1]]
         train = np.concatenate([idx[: bounds[f]], idx[bounds[f + 1]:]])
         out.append((train, test))
+    return out
+
+
+def official_splits(pair_folds, folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) splits from the fold of each pair (integers in [0, folds)).
+
+    Test fold f = the pairs whose fold is f, in pack order; train = all the others. A fold left
+    with no pair (every one of its pairs skipped) is dropped, so fewer folds come back.
+    folds == 1 gives [(all, all)], as kfold_splits does.
+    """
+    fo = np.asarray(pair_folds)
+    if fo.ndim != 1 or (fo.size and not np.issubdtype(fo.dtype, np.integer)):
+        raise ValueError("pair folds must be a 1-D sequence of integers")
+    if folds < 1:
+        raise ValueError(f"folds must be at least 1, got {folds}")
+    if fo.size and (fo.min() < 0 or fo.max() >= folds):
+        raise ValueError(f"pair folds must lie in [0, {folds}), got {int(fo.min())}..{int(fo.max())}")
+    idx = np.arange(fo.size)
+    if folds == 1:
+        return [(idx, idx)]
+    out = []
+    for f in range(folds):
+        test = idx[fo == f]
+        if test.size:
+            out.append((idx[fo != f], test))
+    if len(out) < 2:
+        raise ValueError(f"{len(out)} non-empty fold(s) of {folds}: cross-validation needs at least 2")
     return out
 
 
@@ -128,6 +179,8 @@ class VerificationResult:
     val: np.ndarray                # (folds,) VAL at the interpolated threshold
     far: np.ndarray                # (folds,) FAR at that threshold
     val_threshold: np.ndarray      # (folds,)
+    fold_rule: str = ""            # FOLD_RULE_OFFICIAL or FOLD_RULE_CONTIGUOUS
+    val_train_impostors: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (folds,)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -150,9 +203,30 @@ class VerificationResult:
     def far_mean(self) -> float:
         return float(np.mean(self.far))
 
+    @property
+    def val_resolvable(self) -> np.ndarray:
+        """(folds,) whether each fold's training split has enough impostor pairs for far_target."""
+        return np.asarray(self.val_train_impostors) >= impostors_needed(self.far_target)
+
+    def not_resolvable(self) -> dict[str, str]:
+        """{far key: why} when some training split has too few impostor pairs for far_target."""
+        ok = self.val_resolvable
+        if ok.size == 0 or ok.all():
+            return {}
+        few = int(np.min(self.val_train_impostors))
+        key = repr(float(self.far_target))
+        return {key: f"FAR {key} needs at least {impostors_needed(self.far_target)} impostor pairs; "
+                     f"{few} here (the fewest in a training split of {self.folds} folds)"}
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready numbers (ROC arrays excluded: they go to the plot file)."""
-        return {
+        """The JSON-ready numbers (ROC arrays excluded: they go to the plot file).
+
+        VAL and FAR at far_target are null (with `not_resolvable` saying why) when a training
+        split has too few impostor pairs for that FAR: null for those folds, and null as a mean.
+        """
+        ok = self.val_resolvable
+        unresolved = self.not_resolvable()
+        out = {
             "pairs": self.n_pairs,
             "same_pairs": self.n_same,
             "diff_pairs": self.n_diff,
@@ -162,14 +236,19 @@ class VerificationResult:
             "acc_std": self.acc_std,
             "fold_acc": [float(a) for a in self.accuracy],
             "fold_threshold": [float(t) for t in self.best_threshold],
+            "fold_rule": self.fold_rule,
             "far_target": self.far_target,
-            "val_mean": _finite_or_none(self.val_mean),
-            "val_std": _finite_or_none(self.val_std),
-            "far_mean": _finite_or_none(self.far_mean),
-            "fold_val": [_finite_or_none(v) for v in self.val],
-            "fold_far": [_finite_or_none(v) for v in self.far],
+            "val_mean": None if unresolved else _finite_or_none(self.val_mean),
+            "val_std": None if unresolved else _finite_or_none(self.val_std),
+            "far_mean": None if unresolved else _finite_or_none(self.far_mean),
+            "fold_val": [_finite_or_none(v) if k else None for v, k in zip(self.val, ok)],
+            "fold_far": [_finite_or_none(v) if k else None for v, k in zip(self.far, ok)],
             "fold_val_threshold": [float(t) for t in self.val_threshold],
+            "val_train_impostors": [int(x) for x in self.val_train_impostors],
         }
+        if unresolved:
+            out["not_resolvable"] = unresolved
+        return out
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -199,14 +278,25 @@ def evaluate_distances(
     issame: np.ndarray,
     folds: int = 10,
     far_target: float = 1e-3,
+    pair_folds=None,
 ) -> VerificationResult:
-    """Run the protocol on precomputed squared distances (one per pair)."""
+    """Run the protocol on precomputed squared distances (one per pair).
+
+    `pair_folds` (one fold number in [0, folds) per pair) replaces the contiguous folds.
+    """
     dist = np.asarray(dist, dtype=np.float64)
     same = np.asarray(issame, dtype=bool)
     if dist.ndim != 1 or dist.shape != same.shape:
         raise ValueError(f"dist {dist.shape} and issame {same.shape} must be 1-D of equal length")
     n = dist.shape[0]
-    splits = kfold_splits(n, folds)
+    if pair_folds is None:
+        splits = kfold_splits(n, folds)
+        rule = FOLD_RULE_CONTIGUOUS.format(folds=folds)
+    else:
+        if len(pair_folds) != n:
+            raise ValueError(f"{len(pair_folds)} pair folds for {n} pairs")
+        splits = official_splits(pair_folds, folds)
+        rule = FOLD_RULE_OFFICIAL
     tests = [te for _, te in splits]
     n_folds = len(splits)
 
@@ -274,6 +364,8 @@ def evaluate_distances(
         val=val,
         far=far,
         val_threshold=val_th,
+        fold_rule=rule,
+        val_train_impostors=np.asarray(vtr_n_neg, dtype=np.int64).copy(),
     )
 
 
@@ -283,10 +375,12 @@ def evaluate_embeddings(
     folds: int = 10,
     far_target: float = 1e-3,
     flipped: np.ndarray | None = None,
+    pair_folds=None,
 ) -> VerificationResult:
     """Normalise (after adding `flipped`, the flip embeddings, when given) and run the protocol.
 
-    `embeddings` holds 2P rows, pair p = rows 2p and 2p+1; `issame` holds P booleans.
+    `embeddings` holds 2P rows, pair p = rows 2p and 2p+1; `issame` holds P booleans;
+    `pair_folds` (P fold numbers), when given, replaces the contiguous folds.
     """
     e = np.asarray(embeddings, dtype=np.float64)
     if flipped is not None:
@@ -294,4 +388,4 @@ def evaluate_embeddings(
     same = np.asarray(issame, dtype=bool)
     if e.ndim != 2 or e.shape[0] != 2 * same.shape[0]:
         raise ValueError(f"expected {2 * same.shape[0]} embedding rows for {same.shape[0]} pairs, got shape {e.shape}")
-    return evaluate_distances(pair_distances(l2_normalize(e)), same, folds, far_target)
+    return evaluate_distances(pair_distances(l2_normalize(e)), same, folds, far_target, pair_folds)

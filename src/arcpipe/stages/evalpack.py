@@ -3,7 +3,8 @@
     python scripts/evalpack.py
 
 One <set>.bin (insightface's format, arcpipe.evalpack) and <set>.json (which pairs were written,
-skipped, and why) per evalpack.sets entry, and summary.json beside them.
+skipped, and why; pairs.txt's fold of each written pair, `pair_folds`, so that evaluation keeps
+the official folds when pairs were skipped) per evalpack.sets entry, and summary.json beside them.
 """
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ def run(ctx) -> dict:
         if not same:
             raise EvalPackError(f"{pairs_path}: no pair has both images in {align_dir / spec.dataset}")
         sha = write_bin(out_dir / f"{name}.bin", bins, same)
+        fold_counts = [0] * report["folds"]
+        for f in report["pair_folds"]:
+            fold_counts[f] += 1
         info = {"set": name, "dataset": spec.dataset, "pairs_file": str(pairs_path), "sha256": sha,
-                "on_missing": p.on_missing, **report}
+                "on_missing": p.on_missing, **report, "fold_pairs_written": fold_counts}
         write_json_atomic(out_dir / f"{name}.json", info)
         ctx.log.info("%s: %d pairs written, %d skipped, %d images missing, sha256 %s",
                      name, report["pairs_written"], report["pairs_skipped"], report["images_missing"], sha[:16])
-        sets_out[name] = {k: v for k, v in info.items() if k not in ("missing", "skipped_lines")}
+        sets_out[name] = {k: v for k, v in info.items() if k not in ("missing", "skipped_lines", "pair_folds")}
         totals["sets"] += 1
         for k in ("pairs_listed", "pairs_written", "pairs_skipped", "images_missing"):
             totals[k] += report[k]

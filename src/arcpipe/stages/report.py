@@ -2,7 +2,8 @@
 
     python scripts/report.py
 
-Reads <evaluate.metrics_dir>/*.json; the table and its honesty rules are arcpipe.report's.
+Reads <evaluate.metrics_dir>/*.json; the table and its honesty rules are arcpipe.report's
+(a difference only where the setting is the paper's; rates a FAR cannot resolve are not shown).
 """
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ def run(ctx) -> dict[str, Any]:
     out_dir = Path(ctx.params.report.out_dir)
     measured = sum(r["ours"] is not None for r in rows)
     counts = {"metrics_files": len(metrics), "rows": len(rows), "measured": measured,
-              "with_paper_number": sum(r["ours"] is not None and r["paper"] is not None for r in rows)}
+              "with_paper_number": sum(r["ours"] is not None and r["paper"] is not None for r in rows),
+              "compared": sum(r["delta"] is not None for r in rows),
+              "setting_differs": sum(bool(r["setting_differs"]) for r in rows),
+              "not_resolvable": sum(bool(r["not_resolvable"]) for r in rows)}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "results.md").write_text(render_markdown(rows, metrics), encoding="utf-8")
         (tmp / "results.csv").write_text(render_csv(rows), encoding="utf-8")
         (tmp / "summary.json").write_text(json.dumps(ctx.summary_record(counts), indent=2, sort_keys=True) + "\n")
-    ctx.log.info("report: %d rows, %d measured, written to %s", len(rows), measured, out_dir)
+    ctx.log.info("report: %d rows, %d measured, %d beside the paper in its setting, %d not resolvable, written to %s",
+                 len(rows), measured, counts["compared"], counts["not_resolvable"], out_dir)
     return counts
