@@ -147,14 +147,14 @@ def merge(ctx, name: str, cfg, n: int, out_dir: Path, parts_dir: Path, count: in
             keys, _ = read_idx(pr.with_suffix(".idx"))
             w.append_pack(pr, labels=label_of_key[keys].astype(np.float64))
     write_bytes_atomic(out_dir / CONTACT_SHEET, _contact_sheet(df, out_dir, cfg, ctx))
-    counts = {"dataset": name, "image_size": p.image_size, "parts": count, "parts_reused": reused,
-              "classes": len(labels), **reconcile(df)}
+    counts = {"dataset": name, "image_size": p.image_size, "parts": count, "classes": len(labels),
+              **reconcile(df)}
     counts["aligned"] = counts["out"]
-    ctx.write_summary(out_dir / SUMMARY, counts)
+    ctx.write_summary(out_dir / SUMMARY, counts)  # what the data is; how this run got there is for the log
     write_parquet_atomic(out_dir / MANIFEST, df)  # last: its presence means complete
     ctx.log.info("%s: %d in = %d aligned + %d rejected %s", name, counts["in"], counts["out"],
                  counts["rejected_total"], counts["rejected"])
-    return counts
+    return {**counts, "parts_reused": reused}
 
 
 def _contact_sheet(df: pd.DataFrame, out_dir: Path, cfg, ctx) -> bytes:

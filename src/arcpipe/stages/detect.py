@@ -134,15 +134,15 @@ def detect_dataset(ctx, name: Optional[str]) -> dict[str, Any]:
     if len(df) != n or (len(df) and not (df["row"].to_numpy() == np.arange(len(df))).all()):
         raise PipelineError(f"{parts_dir}: parts hold {len(df)} rows for {n} inputs; delete the folder and rerun")
     counts = {"dataset": name, "format": cfg.format, "source": cfg.source, "preset": preset,
-              "parts": count, "parts_reused": reused, **reconcile(df)}
+              "parts": count, **reconcile(df)}
     invalidate(out_dir)
     with atomic_path(out_dir / "manifest.parquet") as tmp:  # renamed last: its presence means complete
         df.to_parquet(tmp, index=False, row_group_size=ROW_GROUP)
         counts["manifest_sha256"] = sha256_file(tmp)  # what align's parts are keyed on
-        ctx.write_summary(out_dir / "summary.json", counts)
+        ctx.write_summary(out_dir / "summary.json", counts)  # what the data is; reuse is for the log
     ctx.log.info("%s: %d in = %d ok + %d fallback + %d rejected %s", name, counts["in"], counts["ok"],
                  counts["fallback"], counts["rejected_total"], counts["rejected"])
-    return counts
+    return {**counts, "parts_reused": reused}
 
 
 def _batches(listing: Path, lo: int, hi: int, size: int):
