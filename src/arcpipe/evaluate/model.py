@@ -51,6 +51,7 @@ __all__ = [
     "OnnxEmbedder",
     "TorchScriptEmbedder",
     "PixelsEmbedder",
+    "ModuleEmbedder",
     "load_embedder",
     "load_sidecar",
     "find_sidecar",
@@ -362,6 +363,39 @@ class TorchScriptEmbedder(_SidecarEmbedder):
         if not isinstance(out, torch.Tensor):
             raise PipelineError(f"{self.path}: TorchScript model returned {type(out).__name__}; expected one tensor")
         return out.float().cpu().numpy()
+
+
+class ModuleEmbedder(Embedder):
+    """An in-memory torch module (a backbone being trained) behind the same interface: the
+    training loop verifies with exactly the preprocessing and protocol of the evaluate stage."""
+
+    kind = "module"
+
+    def __init__(self, module: Any, sidecar: Sidecar | dict, device: Any = "cpu", batch_size: int = 64,
+                 name: str = "in-training backbone"):
+        import torch
+
+        self.sidecar = sidecar if isinstance(sidecar, Sidecar) else Sidecar.model_validate(sidecar)
+        super().__init__(self.sidecar.embedding_size, batch_size, source=name)
+        self.module = module
+        self.device = torch.device(device)
+        self.name = name
+
+    def _run(self, rgb: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(preprocess(rgb, self.sidecar)).to(self.device)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.inference_mode():
+                out = self.module(x)
+        finally:
+            self.module.train(was_training)
+        return out.float().cpu().numpy()
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "embedding_size": self.embedding_size}
 
 
 def load_embedder(model_params: Any, device: str = "cpu", batch_size: int = 64) -> Embedder:

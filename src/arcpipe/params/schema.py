@@ -11,6 +11,7 @@ from .detect import DetectParams
 from .evaluate import EvaluateParams, ReportParams
 from .pack import EvalPackParams, PackParams
 from .sample import SampleParams
+from .train import TrainParams
 
 
 class Params(Section):
@@ -19,6 +20,7 @@ class Params(Section):
     align: AlignParams = Field(default_factory=AlignParams)
     pack: PackParams = Field(default_factory=PackParams)
     evalpack: EvalPackParams = Field(default_factory=EvalPackParams)
+    train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)
 

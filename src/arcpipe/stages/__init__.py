@@ -5,6 +5,7 @@ write its outputs. `scripts/<stage>.py` is a one-line shim over `main("<stage>")
     detect     data/detect/NAME/      MTCNN or given landmarks, one row per input (arcpipe.detect)
     align      data/align/NAME/       five-point alignment, crops in RecordIO (arcpipe.align)
     pack       data/pack/             insightface training RecordIO (arcpipe.pack)
+    train      models/train/          ArcFace training, DDP under torchrun, exported for evaluate (arcpipe.train)
     evalpack   data/evalpack/         verification .bin packs (arcpipe.evalpack)
     evaluate   metrics/, plots/       the benchmark protocols (arcpipe.evaluate)
     report     reports/               our numbers beside the paper's (arcpipe.report)
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Optional, Sequence
 
-STAGES = ("sample", "detect", "align", "pack", "evalpack", "evaluate", "report")
+STAGES = ("sample", "detect", "align", "pack", "evalpack", "train", "evaluate", "report")
 
 
 def main(name: str, argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,1 @@
+"""Training: backbones, losses, the training loop, checkpoints and export."""
