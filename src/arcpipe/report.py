@@ -297,6 +297,8 @@ def build_rows(metrics: dict[str, dict[str, Any]], paper: Iterable[PaperNumber] 
         return (ORDER.index(name) if name in ORDER else len(ORDER), name)
 
     for name in sorted(metrics, key=order):
+        if name == BASELINES:
+            continue
         m = metrics[name]
         data = m.get("data") if isinstance(m.get("data"), dict) else {}
         for r in measured_numbers(name, m):
@@ -386,6 +388,7 @@ def render_markdown(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any
         delta = "" if differs else _fmt(r["delta"], sign=True)
         out.write(f"| {TITLES.get(r['benchmark'], r['benchmark'])} | {r['label']} | {ours} | {paper} | "
                   f"{delta} | {r['note']} |\n")
+    out.write(render_baselines(metrics))
     data_rows = [(n, m.get("data")) for n, m in metrics.items() if isinstance(m.get("data"), dict)]
     if data_rows:
         out.write("\n## Data\n\n| benchmark | file | sha256 | pairs | pairs listed | pairs dropped | folds |\n"
@@ -401,6 +404,38 @@ def render_markdown(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any
                       f"{cell(m.get('pairs_listed'))} | {cell(m.get('pairs_dropped'))} | {folds} |\n")
     out.write("\nThe paper's numbers are for its own trained model; ours are for the model named above, "
               "on the data files listed (their sha256 identifies the exact pack).\n")
+    return out.getvalue()
+
+
+BASELINES = "baselines"  # metrics/baselines.json: other models on the same verification packs
+
+
+def baseline_rows(metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{set, baseline, ours, theirs, margin}] (accuracy in percent) for every baseline model and
+    verification set that the main model was also judged on."""
+    base = metrics.get(BASELINES) or {}
+    rows = []
+    for model, entry in sorted((base.get("models") or {}).items()):
+        for set_name, v in sorted((entry.get("verification") or {}).items()):
+            ours = _pct((metrics.get(set_name) or {}).get("acc_mean"))
+            theirs = _pct(v.get("acc_mean"))
+            rows.append({"set": set_name, "baseline": model, "model": _model_text(entry),
+                         "ours": ours, "theirs": theirs,
+                         "margin": None if ours is None or theirs is None else ours - theirs})
+    return rows
+
+
+def render_baselines(metrics: dict[str, dict[str, Any]]) -> str:
+    rows = baseline_rows(metrics)
+    if not rows:
+        return ""
+    out = io.StringIO()
+    out.write("\n## Baselines\n\nThe same verification packs, the same protocol, other models: what the "
+              "model above must beat.\n\n| set | baseline | baseline accuracy | ours | ours − baseline |\n"
+              "|---|---|---:|---:|---:|\n")
+    for r in rows:
+        out.write(f"| {TITLES.get(r['set'], r['set'])} | {r['baseline']} ({r['model']}) | {_fmt(r['theirs'])} | "
+                  f"{_fmt(r['ours'])} | {_fmt(r['margin'], sign=True)} |\n")
     return out.getvalue()
 
 

@@ -38,6 +38,9 @@ class ModelParams(Section):
 
 class EvaluateParams(Section):
     model: ModelParams = Field(default_factory=ModelParams)
+    # other models judged on the same verification packs, for comparison (metrics/baselines.json):
+    # e.g. {pixels: {kind: pixels}, untrained: {kind: onnx, path: models/train/untrained.onnx}}
+    baselines: dict[str, ModelParams] = Field(default_factory=dict)
     device: str = "cpu"
     batch_size: PositiveInt = 64
     flip: bool = True

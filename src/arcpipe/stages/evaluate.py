@@ -99,10 +99,28 @@ class _ViewTap:
         return a, b
 
 
+def run_baselines(p, ctx) -> dict[str, Any]:
+    """Each evaluate.baselines model on every verification pack: the numbers the main model is
+    judged against (the pixels baseline; the trained network before training)."""
+    out: dict[str, Any] = {"benchmark": "baselines", "models": {}}
+    for name, spec in sorted(p.baselines.items()):
+        embedder = load_embedder(spec, p.device, p.batch_size)
+        sets = {}
+        for set_name, path in sorted(p.verification.items()):
+            metrics, _ = verify_bin(set_name, path, embedder, p.flip, p.folds, p.far_target)
+            sets[set_name] = {k: metrics.get(k) for k in ("acc_mean", "acc_std", "pairs", "fold_rule")}
+            ctx.log.info("baseline %s: %s accuracy %.4f", name, set_name, metrics["acc_mean"])
+        out["models"][name] = {"model": embedder.identity(), "verification": sets}
+    return out
+
+
 def run(ctx) -> dict[str, Any]:
     p = ctx.params.evaluate
     for name, path in p.verification.items():
         ctx.require_path(f"evaluate.verification.{name}", path)
+    for name, spec in p.baselines.items():
+        if spec.path:
+            ctx.require_path(f"evaluate.baselines.{name}.path", spec.path)
     benches = _bench_runs(p)
     if not p.verification and not benches:
         raise PipelineError(f"{ctx.params_files[0]}: evaluate: nothing to evaluate (no verification sets, no ijb/megaface/ytf)")
@@ -136,7 +154,7 @@ def run(ctx) -> dict[str, Any]:
                 result = dict(fn(params, embedder, ctx) or {})
             if section != "ijb":
                 name = str(result.get("benchmark") or name)
-            if not _SAFE_NAME.match(name) or name == "summary" or name in p.verification:
+            if not _SAFE_NAME.match(name) or name in ("summary", "baselines") or name in p.verification:
                 raise PipelineError(f"evaluate.{section}: benchmark name {name!r} cannot name its metrics file "
                                     "(clashes with a verification set, or not a plain name)")
             result["benchmark"] = name
@@ -152,6 +170,11 @@ def run(ctx) -> dict[str, Any]:
             result["model"] = identity
             write_json_atomic(mtmp / f"{name}.json", result)
             counts["benchmarks"].append(name)
+        if p.baselines:
+            with ctx.working_on("baselines"):
+                base = run_baselines(p, ctx)
+            write_json_atomic(mtmp / "baselines.json", base)
+            counts["baselines"] = sorted(base["models"])
         counts["embeddings"] = {k: v["rows"] for k, v in saved.items()}
         write_json_atomic(etmp / "summary.json", {"model": identity, "files": saved})
         rec = ctx.summary_record(counts)
