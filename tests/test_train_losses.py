@@ -30,10 +30,12 @@ DIM = 8
 NUM_CLASSES = len(ANGLES) + 1  # one class per angle, and one that no sample has
 
 
-def formula_target(theta: float, m1: float, m2: float, m3: float) -> float:
+def formula_target(theta: float, m1: float, m2: float, m3: float, falloff: str = "insightface") -> float:
     """The target cosine the module docstring promises, written out in plain math."""
     if m1 * theta + m2 <= math.pi:
         return math.cos(m1 * theta + m2) - m3
+    if falloff == "insightface" and m1 == 1:
+        return math.cos(theta) - m2 * math.sin(m2) - m3
     return math.cos(theta) - (1 + math.cos((math.pi - m2) / m1)) - m3
 
 
@@ -165,9 +167,9 @@ MONOTONIC = list(PAPER_MARGINS.values()) + [(1.0, 1.2, 0.1), (2.0, 0.0, 0.0), (4
 
 @pytest.mark.parametrize("m1,m2,m3", MONOTONIC, ids=[str(m) for m in MONOTONIC])
 def test_falloff_past_pi_is_monotonic_and_continuous(m1, m2, m3):
-    check_margin(64.0, m1, m2, m3)
+    check_margin(64.0, m1, m2, m3, "exact")
     theta = torch.linspace(0, math.pi, 200001, dtype=torch.float64)
-    target = margin_target(torch.cos(theta), m1, m2, m3)
+    target = margin_target(torch.cos(theta), m1, m2, m3, "exact")
     step = torch.diff(target)
     assert float(step.max()) <= 1e-12, "the target logit rises somewhere"
     theta_t = (math.pi - m2) / m1
@@ -176,9 +178,9 @@ def test_falloff_past_pi_is_monotonic_and_continuous(m1, m2, m3):
         past = (theta > theta_t + 1e-3) & (theta < math.pi - 1e-3)
         assert bool((step[past[1:]] < 0).all())
         t = torch.tensor([theta_t - 1e-7, theta_t + 1e-7], dtype=torch.float64)
-        left, right = margin_target(torch.cos(t), m1, m2, m3).tolist()
+        left, right = margin_target(torch.cos(t), m1, m2, m3, "exact").tolist()
         assert abs(left - right) < 1e-5, "a jump at theta_t"
-        at_pi = float(margin_target(torch.tensor([-1.0], dtype=torch.float64), m1, m2, m3))
+        at_pi = float(margin_target(torch.tensor([-1.0], dtype=torch.float64), m1, m2, m3, "exact"))
         assert at_pi == pytest.approx(-1 - (1 + math.cos(theta_t)) - m3, abs=1e-12)
     # a margin never helps the target class
     assert float((target - torch.cos(theta)).max()) <= 1e-12
@@ -186,8 +188,34 @@ def test_falloff_past_pi_is_monotonic_and_continuous(m1, m2, m3):
 
 def test_arcface_falloff_value():
     theta = torch.tensor([2.8, 3.0], dtype=torch.float64)  # past pi - 0.5
-    got = margin_target(torch.cos(theta), 1.0, 0.5, 0.0)
+    got = margin_target(torch.cos(theta), 1.0, 0.5, 0.0, "exact")
     torch.testing.assert_close(got, torch.cos(theta) - (1 - math.cos(0.5)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("m2,m3", [(0.5, 0.0), (0.3, 0.2), (0.45, 0.0), (1.2, 0.1)])
+def test_insightface_falloff_is_the_references_rule(m2, m3):
+    """The default: arcface_torch's ArcFace head, written out from its published formula:
+    th = cos(pi - m), mm = sin(pi - m) * m; where(cos > th, cos(theta + m), cos - mm), minus m3."""
+    cos = torch.cos(torch.linspace(0.01, math.pi - 0.01, 20001, dtype=torch.float64))  # off acos's clamp
+    th, mm = math.cos(math.pi - m2), math.sin(math.pi - m2) * m2
+    sin = torch.sqrt((1 - cos * cos).clamp(min=0))
+    phi = cos * math.cos(m2) - sin * math.sin(m2)
+    want = torch.where(cos > th, phi, cos - mm) - m3
+    got = margin_target(cos, 1.0, m2, m3)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert float(torch.diff(got).max()) <= 1e-12  # it steps down at pi - m2, never up
+    # past pi - m2 the two rules differ by the step the reference's first-order shift leaves
+    past = torch.tensor([math.cos(math.pi - m2 / 2)], dtype=torch.float64)
+    gap = float(margin_target(past, 1.0, m2, m3, "exact") - margin_target(past, 1.0, m2, m3))
+    assert gap == pytest.approx(m2 * math.sin(m2) - (1 - math.cos(m2)), abs=1e-12)
+
+
+def test_insightface_falloff_that_would_rise_is_refused():
+    with pytest.raises(ValueError, match="falloff: exact"):
+        check_margin(64.0, 1.0, 3.0, 0.0)
+    check_margin(64.0, 1.0, 3.0, 0.0, "exact")
+    with pytest.raises(ValueError, match="falloff='linear'"):
+        check_margin(64.0, 1.0, 0.5, 0.0, "linear")
 
 
 INVALID = [

@@ -16,7 +16,7 @@ VARIANTS = sorted(p for p in (REPO / "params").rglob("*.yaml") if "train:" in p.
 def test_variant_builds(variant):
     t = load_params([REPO / "params.yaml", variant]).train
     h = t.head
-    check_head(h.kind, s=h.s, m1=h.m1, m2=h.m2, m3=h.m3, k=h.k, sample_rate=h.sample_rate)
+    check_head(h.kind, s=h.s, m1=h.m1, m2=h.m2, m3=h.m3, k=h.k, sample_rate=h.sample_rate, falloff=h.falloff)
     assert t.backbone.name in BACKBONES
     if t.schedule.kind == "step" and t.max_steps:
         assert all(m < t.max_steps for m in t.schedule.milestones)

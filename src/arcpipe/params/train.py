@@ -29,6 +29,9 @@ class HeadParams(Section):
     k: PositiveInt = 1
     # Partial FC: share of negative class centres sampled per step (1.0 = all: full softmax)
     sample_rate: float = Field(default=1.0, gt=0, le=1)
+    # past theta = pi - m2: insightface (the reference's cos - m2*sin(m2), for m1 = 1) | exact
+    # (continuous; always used for m1 != 1): arcpipe.train.losses
+    falloff: Literal["insightface", "exact"] = "insightface"
 
 
 class ScheduleParams(Section):

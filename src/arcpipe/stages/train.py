@@ -63,7 +63,7 @@ def _check_model_params(ctx, p) -> None:
                             f"{p.backbone.name!r} is not one of {', '.join(BACKBONES)}")
     h = p.head
     try:
-        check_head(h.kind, s=h.s, m1=h.m1, m2=h.m2, m3=h.m3, k=h.k, sample_rate=h.sample_rate)
+        check_head(h.kind, s=h.s, m1=h.m1, m2=h.m2, m3=h.m3, k=h.k, sample_rate=h.sample_rate, falloff=h.falloff)
     except ValueError as e:
         raise PipelineError(f"{origin_of('train.head', ctx.params_files)}: train.head: {e}") from None
 

@@ -50,7 +50,8 @@ def build_model(p, num_classes: int, place: Place):
                               dropout=p.backbone.dropout, width=p.backbone.width, layers=p.backbone.layers)
     torch.manual_seed(p.seed + 1)
     head = build_head(p.head.kind, p.backbone.embedding_size, num_classes, s=p.head.s, m1=p.head.m1,
-                      m2=p.head.m2, m3=p.head.m3, k=p.head.k, sample_rate=p.head.sample_rate, seed=p.seed)
+                      m2=p.head.m2, m3=p.head.m3, k=p.head.k, sample_rate=p.head.sample_rate, seed=p.seed,
+                      falloff=p.head.falloff)
     return backbone.to(place.device), head.to(place.device)
 
 

@@ -24,18 +24,24 @@ Every kind is built as a Partial FC head (arcpipe.train.partial_fc.PartialFC): t
 centres are sharded over the ranks of torch.distributed, or all in one process without a process
 group. This module holds the margin arithmetic and the checks; build_head lives here.
 
-Monotonic fall-off. cos(m1*theta + m2) decreases only while m1*theta + m2 <= pi, i.e. up to
-theta_t = (pi - m2) / m1. Past theta_t (when theta_t < pi) the target logit is
+Fall-off past pi. cos(m1*theta + m2) decreases only while m1*theta + m2 <= pi, i.e. up to
+theta_t = (pi - m2) / m1. Past theta_t (when theta_t < pi) the target logit must go on falling;
+`falloff` says how:
 
-    cos(theta) - m3 - (1 + cos(theta_t))
-
-the plain cosine shifted down by the penalty the margin had reached at theta_t (there
-cos(m1*theta_t + m2) = -1, so the penalty is cos(theta_t) + 1). The curve is continuous at
-theta_t and strictly decreasing on (theta_t, pi) whatever m1 and m2. For m1 = 1 the shift is
-1 - cos(m2); the classic insightface rule shifts by m2 * sin(m2) instead (the first-order
-estimate of that penalty), which leaves a downward jump at theta_t. Its general form for m1 != 1,
-a shift of (pi - theta_t) * sin(theta_t), jumps *up* (non-monotonic) once theta_t < ~0.81 rad
-(large m1 or m2), which is why the exact penalty is used here.
+  insightface (default)  the reference's rule (arcface_torch's ArcFace, insightface's mxnet
+                         scripts): for m1 = 1, past theta_t the logit is cos(theta) - m2*sin(m2) - m3,
+                         with theta_t's test cos(theta) > cos(pi - m2) as there. The shift is the
+                         first-order estimate of the penalty, so the curve steps down at theta_t
+                         (by m2*sin(m2) - (1 - cos(m2)), 0.117 at m2 = 0.5); above m2 ~ 2.33 it
+                         would step up, and such margins are refused. The reference has no rule
+                         for m1 != 1 (its cos(m1*theta) rises again past theta_t), so m1 != 1 takes
+                         the exact rule below.
+  exact                  cos(theta) - m3 - (1 + cos(theta_t)): the plain cosine shifted down by the
+                         penalty the margin had reached at theta_t (there cos(m1*theta_t + m2) = -1,
+                         so the penalty is cos(theta_t) + 1). Continuous at theta_t and strictly
+                         decreasing on (theta_t, pi) whatever m1 and m2; for m1 = 1 the shift is
+                         1 - cos(m2). (The classic rule's general form for m1 != 1, a shift of
+                         (pi - theta_t) * sin(theta_t), jumps *up* once theta_t < ~0.81 rad.)
 
 Infinite slopes: d acos(c)/dc is infinite at c = +-1, so acos sees c clamped to
 [-1 + ACOS_EPS, 1 - ACOS_EPS] (zero gradient beyond, finite everywhere; theta within ~0.08
@@ -72,6 +78,7 @@ PAPER_MARGINS = {
 }
 
 ACOS_EPS = 1e-6
+FALLOFFS = ("insightface", "exact")
 
 
 def _finite(name: str, value: float) -> float:
@@ -84,8 +91,11 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
-def check_margin(s: float, m1: float, m2: float, m3: float) -> tuple[float, float, float, float]:
+def check_margin(s: float, m1: float, m2: float, m3: float,
+                 falloff: str = "insightface") -> tuple[float, float, float, float]:
     """The validated (s, m1, m2, m3) of a combined margin; ValueError naming the bad parameter."""
+    if falloff not in FALLOFFS:
+        raise ValueError(f"falloff={falloff!r}: expected one of {', '.join(FALLOFFS)}")
     s, m1, m2, m3 = (_finite(n, v) for n, v in (("s", s), ("m1", m1), ("m2", m2), ("m3", m3)))
     if s <= 0:
         raise ValueError(f"s={s}: the logit scale must be > 0")
@@ -99,16 +109,21 @@ def check_margin(s: float, m1: float, m2: float, m3: float) -> tuple[float, floa
         raise ValueError(f"m3={m3}: must be < 1 + cos(m2) = {1 + math.cos(m2):.4f}, or the target logit "
                          f"could never exceed any other class's")
     theta = torch.linspace(0, math.pi, 4097, dtype=torch.float64)
-    gain = margin_target(torch.cos(theta), m1, m2, m3) - torch.cos(theta)
+    target = margin_target(torch.cos(theta), m1, m2, m3, falloff)
+    gain = target - torch.cos(theta)
     if float(gain.max()) > 1e-12:
         at = float(theta[int(gain.argmax())])
         raise ValueError(f"m1={m1}: with m2={m2}, m3={m3} the margin raises the target logit above "
                          f"cos(theta) at theta = {at:.3f} rad; with m1 < 1 raise m2 to at least "
                          f"(1 - m1) * pi or m3")
+    if float(torch.diff(target).max()) > 1e-12:
+        raise ValueError(f"m2={m2}: the insightface fall-off past theta = pi - m2 would raise the target "
+                         f"logit there (m2 above ~2.33); set falloff: exact")
     return s, m1, m2, m3
 
 
-def check_head(kind: str, *, s: float, m1: float, m2: float, m3: float, k: int, sample_rate: float) -> None:
+def check_head(kind: str, *, s: float, m1: float, m2: float, m3: float, k: int, sample_rate: float,
+               falloff: str = "insightface") -> None:
     """ValueError (one line, naming the parameter) for a head that cannot be built as asked."""
     if kind not in HEAD_KINDS:
         raise ValueError(f"kind={kind!r}: unknown head; expected one of {', '.join(HEAD_KINDS)}")
@@ -120,7 +135,7 @@ def check_head(kind: str, *, s: float, m1: float, m2: float, m3: float, k: int, 
     if kind == "softmax":
         _finite("s", s)
     else:
-        check_margin(s, m1, m2, m3)
+        check_margin(s, m1, m2, m3, falloff)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r}: the number of sub-centres per class must be an integer >= 1")
     if k > 1 and kind != "subcenter":
@@ -130,8 +145,8 @@ def check_head(kind: str, *, s: float, m1: float, m2: float, m3: float, k: int, 
         raise ValueError(f"sample_rate={rate}: must be in (0, 1]")
 
 
-def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float) -> torch.Tensor:
-    """cos(m1*theta + m2) - m3 elementwise from cos(theta), with the monotonic fall-off past
+def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, falloff: str = "insightface") -> torch.Tensor:
+    """cos(m1*theta + m2) - m3 elementwise from cos(theta), with the `falloff` rule past
     theta_t = (pi - m2) / m1 (see the module docstring); no scale."""
     if m1 == 1 and m2 == 0:
         return cos - m3
@@ -140,8 +155,9 @@ def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float) -> torch.T
     theta_t = (math.pi - m2) / m1
     if theta_t >= math.pi:
         return main
-    falloff = cos - (1 + math.cos(theta_t)) - m3
-    return torch.where(cos >= math.cos(theta_t), main, falloff)
+    if falloff == "insightface" and m1 == 1:
+        return torch.where(cos > math.cos(theta_t), main, cos - m2 * math.sin(m2) - m3)
+    return torch.where(cos >= math.cos(theta_t), main, cos - (1 + math.cos(theta_t)) - m3)
 
 
 class CombinedMargin(torch.nn.Module):
@@ -150,18 +166,19 @@ class CombinedMargin(torch.nn.Module):
     Works on a slice of the classes: `local_labels` is the column of each row's class in `cos`,
     or -1 where the class lives elsewhere (that row gets no margin here)."""
 
-    def __init__(self, s: float, m1: float, m2: float, m3: float):
+    def __init__(self, s: float, m1: float, m2: float, m3: float, falloff: str = "insightface"):
         super().__init__()
-        self.s, self.m1, self.m2, self.m3 = check_margin(s, m1, m2, m3)
+        self.s, self.m1, self.m2, self.m3 = check_margin(s, m1, m2, m3, falloff)
+        self.falloff = falloff
 
     def forward(self, cos: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         rows = torch.nonzero(local_labels >= 0).squeeze(1)
         cols = local_labels[rows]
-        target = margin_target(cos[rows, cols], self.m1, self.m2, self.m3)
+        target = margin_target(cos[rows, cols], self.m1, self.m2, self.m3, self.falloff)
         return cos.index_put((rows, cols), target) * self.s
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, falloff={self.falloff}"
 
 
 def class_cosines(embeddings: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -177,11 +194,11 @@ def class_cosines(embeddings: torch.Tensor, centres: torch.Tensor) -> torch.Tens
 
 def build_head(kind: str, embedding_size: int, num_classes: int, *, s: float, m1: float, m2: float,
                m3: float, k: int = 1, sample_rate: float = 1.0, seed: int = 0, process_group=None,
-               ddp_backbone: bool = True) -> torch.nn.Module:
+               ddp_backbone: bool = True, falloff: str = "insightface") -> torch.nn.Module:
     """The loss head of `kind` (HEAD_KINDS) as a Partial FC module: forward(embeddings, labels)
     gives the mean loss over the global batch, in one process or on every rank of a process
     group. ddp_backbone: see arcpipe.train.partial_fc.PartialFC."""
     from .partial_fc import PartialFC
 
     return PartialFC(kind, embedding_size, num_classes, s=s, m1=m1, m2=m2, m3=m3, k=k, sample_rate=sample_rate,
-                     seed=seed, process_group=process_group, ddp_backbone=ddp_backbone)
+                     seed=seed, process_group=process_group, ddp_backbone=ddp_backbone, falloff=falloff)

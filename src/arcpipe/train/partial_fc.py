@@ -149,9 +149,9 @@ class PartialFC(torch.nn.Module):
 
     def __init__(self, kind: str, embedding_size: int, num_classes: int, *, s: float, m1: float, m2: float,
                  m3: float, k: int = 1, sample_rate: float = 1.0, seed: int = 0, process_group=None,
-                 ddp_backbone: bool = True):
+                 ddp_backbone: bool = True, falloff: str = "insightface"):
         super().__init__()
-        check_head(kind, s=s, m1=m1, m2=m2, m3=m3, k=k, sample_rate=sample_rate)
+        check_head(kind, s=s, m1=m1, m2=m2, m3=m3, k=k, sample_rate=sample_rate, falloff=falloff)
         for name, value in (("embedding_size", embedding_size), ("num_classes", num_classes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: must be an integer >= 1")
@@ -173,7 +173,7 @@ class PartialFC(torch.nn.Module):
             self.margin = None
         else:
             self.register_parameter("bias", None)
-            self.margin = CombinedMargin(s, 1.0, 0.0, 0.0) if kind == "norm_softmax" else CombinedMargin(s, m1, m2, m3)
+            self.margin = CombinedMargin(s, 1.0, 0.0, 0.0) if kind == "norm_softmax" else CombinedMargin(s, m1, m2, m3, falloff)
         self.sample_step = 0
         self.last_selection: torch.Tensor | None = None
         self.register_load_state_dict_pre_hook(_reshard_on_load)
