@@ -26,14 +26,20 @@ class SampleParams(Section):
     out_dir: str = "data/sample"
     seed: NonNegInt = 0
     scale: PositiveFloat = 1.0
-    identities: PositiveInt = 24           # training identities
-    images_per_identity: PositiveInt = 8
-    lfw_identities: int = Field(default=20, ge=2)
-    lfw_min_images: int = Field(default=3, ge=2)   # images per LFW identity: min..max inclusive
-    lfw_max_images: int = Field(default=5, ge=2)
-    lfw_pairs_per_fold: PositiveInt = 3    # matched pairs per fold (and as many mismatched)
-    ijb_subjects: int = Field(default=8, ge=2)
-    ijb_templates_per_subject: int = Field(default=4, ge=2)
+    identities: PositiveInt = 210          # training identities (a few to each training base face)
+    images_per_identity: PositiveInt = 12
+    # base faces kept for the evaluation sets (not scaled: the pool of real faces is fixed); the
+    # rest make the training identities. 0: evaluation identities share the training base faces
+    eval_bases: NonNegInt = 30
+    same_base_identities: PositiveInt = 2  # LFW and IJB identities made from each evaluation base face
+    lfw_identities: int = Field(default=60, ge=2)
+    lfw_min_images: int = Field(default=4, ge=2)   # images per LFW identity: min..max inclusive
+    lfw_max_images: int = Field(default=8, ge=2)
+    lfw_pairs_per_fold: PositiveInt = 30   # matched pairs per fold (and as many mismatched)
+    # share of each fold's mismatched pairs between two identities of the same base face
+    lfw_same_base_pairs: float = Field(default=0.3, ge=0.0, le=1.0)
+    ijb_subjects: int = Field(default=16, ge=2)
+    ijb_templates_per_subject: int = Field(default=5, ge=2)
     megaface_probes: PositiveInt = 6
     megaface_images_per_probe: PositiveInt = 5
     megaface_distractors: PositiveInt = 100

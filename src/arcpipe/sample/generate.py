@@ -127,7 +127,14 @@ class Allocation:
 
 
 def plan_sample(params: SampleParams) -> Allocation:
-    """Identities for every part; the same params give the same plan (and the same files)."""
+    """Identities for every part; the same params give the same plan (and the same files).
+
+    The base faces are split once: `eval_bases` of them are kept for the evaluation sets (LFW,
+    IJB, FaceScrub probes), the rest make the training identities, each base face several
+    identities that differ only in geometry. Evaluation identities come `same_base_identities`
+    to a base face too, so a verification set holds impostor pairs that share a base photograph.
+    MegaFace distractors are new identities, from the base faces no evaluation identity uses.
+    """
     sc = params.scale
     nz = params.noise
     T = scaled(params.identities, sc, 2)
@@ -150,25 +157,33 @@ def plan_sample(params: SampleParams) -> Allocation:
 
     plan = Plan(params)
     n_bases = len(plan.bases)
-    # distinct bases for every identity while they last (then bases repeat, with other looks)
+    E = params.eval_bases
+    if E >= n_bases:
+        raise PipelineError(f"sample.eval_bases: {E} of the {n_bases} base faces leaves none for training")
     order = [int(i) for i in stream(params.seed, "bases").permutation(n_bases)]
+    eval_pool, train_pool = (order[:E], order[E:]) if E else (order, order)
+    k = params.same_base_identities
+
+    train_keys = [plan.new_identity(train_pool[i % len(train_pool)]) for i in range(T)]
+    # evaluation identities: k consecutive ones share a base face; LFW, IJB, then FaceScrub
+    # probes (one to a base, none shared with a distractor) walk on through the pool
     cursor = 0
 
-    def next_base() -> int:
+    def eval_identities(n: int, per_base: int) -> list[str]:
         nonlocal cursor
-        b = order[cursor % n_bases]
-        cursor += 1
-        return b
+        keys = [plan.new_identity(eval_pool[(cursor + j // per_base) % len(eval_pool)]) for j in range(n)]
+        cursor += -(-n // per_base)
+        return keys
 
-    train_keys = [plan.new_identity(next_base()) for _ in range(T)]
-    lfw_fresh = [plan.new_identity(next_base()) for _ in range(L - o_lfw)]
-    ijb_keys = [plan.new_identity(next_base()) for _ in range(S)]
-    mf_fresh = [plan.new_identity(next_base()) for _ in range(P - o_mf)]
-    # distractors never reuse an evaluation identity's base: unused bases first, then training ones
-    eval_bases = {plan.base_index[k] for k in lfw_fresh + ijb_keys + mf_fresh}
-    distractor_bases = [b for b in order[cursor:] if b not in eval_bases] + \
-                       [plan.base_index[k] for k in train_keys]
-    distractor_bases = list(dict.fromkeys(distractor_bases)) or order
+    lfw_fresh = eval_identities(L - o_lfw, k)
+    ijb_keys = eval_identities(S, k)
+    mf_fresh = eval_identities(P - o_mf, 1)
+    # distractors: base faces no evaluation identity uses first, then the training ones
+    used = {plan.base_index[key] for key in lfw_fresh + ijb_keys + mf_fresh}
+    probe_bases = {plan.base_index[key] for key in mf_fresh}
+    distractor_bases = [b for b in eval_pool if b not in used] if E else []
+    distractor_bases += [b for b in train_pool if b not in probe_bases]
+    distractor_bases = distractor_bases or order
     distractor_keys = [plan.new_identity(distractor_bases[i % len(distractor_bases)]) for i in range(D)]
 
     rng_noise = stream(params.seed, "noise")
@@ -196,9 +211,10 @@ def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
         for k, s in plan.specs.items()
     }
 
+    # LFW first: an impossible pairs request fails before the large training set is rendered
+    counts_lfw, lfw_same_base = _build_lfw(plan, w, a.lfw, identities)
     counts_train = _build_train(plan, w, a.train, a.split_idx, a.lfw_overlap, a.mf_overlap, noise, identities,
                                 a.rng_noise)
-    counts_lfw = _build_lfw(plan, w, a.lfw, identities)
     counts_ijb = _build_ijb(plan, w, a.ijb, identities)
     counts_mf = _build_megaface(plan, w, a.megaface, a.distractors, noise, identities)
 
@@ -212,6 +228,7 @@ def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
         "note": "Injected noise and true identities of the generated sample; read only by tests and the report.",
         "noise": noise,
         "identities": identities,
+        "lfw_same_base_pairs": lfw_same_base,
         "specs": {k: s.to_json() for k, s in plan.specs.items()},
         "base_faces": {b.name: {"source": b.source, "score": b.score, "low_res": b.low_res} for b in plan.bases},
     }
@@ -364,7 +381,7 @@ def _line_of(files: dict[str, list], labels: list[str], label: str, rank: int) -
 
 # --- LFW ------------------------------------------------------------------------------------
 
-def _build_lfw(plan: Plan, w: Writer, keys: list[str], identities: dict) -> dict:
+def _build_lfw(plan: Plan, w: Writer, keys: list[str], identities: dict) -> tuple[dict, list]:
     p = plan.params
     names = person_names(stream(p.seed, "names"), len(keys) + scaled(p.megaface_probes, p.scale))[:len(keys)]
     count_rng = stream(p.seed, "lfw-counts")
@@ -377,25 +394,48 @@ def _build_lfw(plan: Plan, w: Writer, keys: list[str], identities: dict) -> dict
         for i in range(1, counts[name] + 1):
             w.put(f"lfw/{layouts.lfw_file(name, i)}", plan.view(key, "lfw", "lfw", i).jpeg())
 
-    # 10 folds of identities (disjoint when there are at least 20), n matched + n mismatched each
+    # 10 folds of identities. The identities made from one base face stay together (a unit); the
+    # units go one by one to the fold with the fewest identities: disjoint folds, as LFW's, when
+    # there are at least 20 units, else overlapping groups of two units. Each fold has n matched
+    # and n mismatched pairs, a share of the mismatched ones between identities of one base face.
     fold_rng = stream(p.seed, "lfw-folds")
-    shuffled = [names[int(i)] for i in fold_rng.permutation(len(names))]
-    g = max(2, len(names) // 10)
+    base_of = {name: plan.base_index[by_name[name]] for name in names}
+    units: dict[int, list[str]] = {}
+    for name in sorted(names):
+        units.setdefault(base_of[name], []).append(name)
+    unit_list = [units[b] for b in sorted(units)]
+    unit_list = [unit_list[int(i)] for i in fold_rng.permutation(len(unit_list))]
+    groups: list[list[str]] = [[] for _ in range(10)]
+    if len(unit_list) >= 20:
+        for u in unit_list:
+            min(groups, key=len).extend(u)
+    else:  # too few: overlapping groups of two units each
+        for f in range(10):
+            for j in range(2):
+                groups[f].extend(x for x in unit_list[(2 * f + j) % len(unit_list)] if x not in groups[f])
     n = scaled(p.lfw_pairs_per_fold, p.scale)
-    folds = []
-    for f in range(10):
-        group = sorted({shuffled[(f * g + k) % len(shuffled)] for k in range(g)})
+    n_twin_target = int(round(n * p.lfw_same_base_pairs))
+    folds, same_base_pairs = [], []
+    for f, group in enumerate(groups):
+        group = sorted(group)
         same = [(a, i, j) for a in group for i in range(1, counts[a] + 1) for j in range(i + 1, counts[a] + 1)]
         diff = [(a, i, b, j) for a in group for b in group if a < b
                 for i in range(1, counts[a] + 1) for j in range(1, counts[b] + 1)]
-        if len(same) < n or len(diff) < n:
+        twin = [d for d in diff if base_of[d[0]] == base_of[d[2]]]
+        other = [d for d in diff if base_of[d[0]] != base_of[d[2]]]
+        n_twin = min(n_twin_target, len(twin))
+        if len(same) < n or len(other) < n - n_twin:
             raise PipelineError(f"sample.lfw_pairs_per_fold: {n} pairs per fold do not fit fold {f + 1} "
-                                f"({len(same)} matched, {len(diff)} mismatched possible); add lfw identities or images")
+                                f"({len(same)} matched, {len(twin) + len(other)} mismatched possible); "
+                                f"add lfw identities or images")
         pick_same = sorted(same[int(i)] for i in fold_rng.choice(len(same), size=n, replace=False))
-        pick_diff = sorted(diff[int(i)] for i in fold_rng.choice(len(diff), size=n, replace=False))
-        folds.append((pick_same, pick_diff))
+        pick_twin = [twin[int(i)] for i in fold_rng.choice(len(twin), size=n_twin, replace=False)]
+        pick_other = [other[int(i)] for i in fold_rng.choice(len(other), size=n - n_twin, replace=False)]
+        folds.append((pick_same, sorted(pick_twin + pick_other)))
+        same_base_pairs += [[f + 1, a, i, b, j] for a, i, b, j in sorted(pick_twin)]
     w.put("lfw/pairs.txt", layouts.lfw_pairs_text(folds))
-    return {"identities": len(names), "images": sum(counts.values()), "pairs": 20 * n, "folds": 10}
+    return {"identities": len(names), "base_faces": len(units), "images": sum(counts.values()),
+            "pairs": 20 * n, "same_base_mismatched": len(same_base_pairs), "folds": 10}, same_base_pairs
 
 
 # --- IJB ------------------------------------------------------------------------------------
