@@ -65,9 +65,12 @@ def test_train_writes_what_evaluate_reads(tmp_path, monkeypatch, pack):
     assert main("train", ["--params", str(params)]) == 0
     out = root / "models" / "train"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["backbone.json", "backbone.onnx", "backbone.pt", "train.json",
+    assert names == ["backbone.json", "backbone.onnx", "backbone.pt", "centres.npy", "train.json",
                      "untrained.json", "untrained.onnx", "untrained.pt"]
     info = json.loads((out / "train.json").read_text())
+    centres = np.load(out / "centres.npy")  # (classes, sub-centres, dim) unit rows, for cleaning
+    assert centres.shape == (4, 1, 32) == tuple(info["centres"]["shape"])
+    assert np.allclose(np.linalg.norm(centres, axis=-1), 1, atol=1e-5)
     assert info["steps"] == info["total_steps"] == 2 * (24 // 8) and info["num_classes"] == 4
     assert [h["step"] for h in info["history"] if "train/loss" in h] == list(range(1, 7))
     live = json.loads((root / "dvclive" / "metrics.json").read_text())
@@ -143,6 +146,23 @@ def test_a_checkpoint_of_other_params_is_refused_unless_restart(tmp_path, monkey
     assert "made with other params (train.lr: 0.05 there, 0.01 now)" in err and "train.restart" in err
     params = write_params(root, epochs=1, lr=0.01, resume_from=str(ckpt), restart=True, export=["torchscript"])
     assert main("train", ["--params", str(params)]) == 0
+
+
+def test_another_pack_never_resumes_a_finished_run(tmp_path, monkeypatch, pack, capsys):
+    """The run id holds the pack's digest (and the code's): same params, other data, a run of its own."""
+    root = _setup(tmp_path, monkeypatch, pack)
+    assert main("train", ["--params", str(write_params(root, epochs=1, export=["torchscript"]))]) == 0
+    (first,) = (root / "models" / "checkpoints").iterdir()
+    other = tiny_pack(tmp_path / "other", identities=4, per=5)
+    assert main("train", ["--params", str(write_params(root, epochs=1, export=["torchscript"],
+                                                       pack_dir=str(other)))]) == 0
+    runs = sorted((root / "models" / "checkpoints").glob("*/run.json"))
+    assert len(runs) == 2, runs
+    assert "resumed" not in capsys.readouterr().err
+    ckpt = sorted(first.glob("step-*.pt"))[-1]
+    params = write_params(root, epochs=1, resume_from=str(ckpt), pack_dir=str(other))
+    assert main("train", ["--params", str(params)]) == 2
+    assert "made with other data or code (inputs.pack.idx_sha256: " in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line(tmp_path, monkeypatch, pack, capsys):

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import PipelineError
@@ -28,14 +29,15 @@ from ..train import dist
 __all__ = ["run"]
 
 
-def sidecar_fields(p, name: str) -> dict[str, Any]:
+def sidecar_fields(p, name: str, trained: bool = True) -> dict[str, Any]:
     """How the exported backbone wants its input: the training transform (RGB, x / 127.5 - 1)."""
     bb = p.backbone
     arch = f"{bb.name} (width {bb.width}, layers {bb.layers or 'standard'})"
     return {"input_size": [112, 112], "crop": "arcface112", "mean": 127.5, "std": 127.5, "channel_order": "rgb",
             "embedding_size": bb.embedding_size, "layout": "nchw", "name": name, "architecture": arch,
             "loss": f"{p.head.kind} (s={p.head.s}, m1={p.head.m1}, m2={p.head.m2}, m3={p.head.m3}, k={p.head.k})",
-            "trained_on": str(Path(p.pack_dir) / "train.rec")}
+            "trained_on": str(Path(p.pack_dir) / "train.rec") if trained else None,
+            "notes": None if trained else f"the initial weights of this run (seed {p.seed}), never trained"}
 
 
 def _class_count(ctx, p, pack: Path) -> int:
@@ -99,6 +101,22 @@ def _verifier(ctx, p, place):
     return verify
 
 
+def run_inputs(pack: Path) -> dict[str, Any]:
+    """What decides the weights besides the params: the pack (its index and property, which change
+    with any record, and the .rec's size) and the code the stage runs (every file's sha256)."""
+    from ..fsutil import digest_of, sha256_file
+    from .code import REPO, stage_code_files
+
+    try:
+        files = {f: REPO / f for f in stage_code_files("train")}
+    except ValueError:  # an installed package without the checkout's scripts/: the library itself
+        here = Path(__file__).resolve().parents[1]
+        files = {str(f.relative_to(here)): f for f in sorted(here.rglob("*.py"))}
+    code = digest_of([[name, sha256_file(f)] for name, f in sorted(files.items())])
+    return {"pack": {"rec_bytes": (pack / "train.rec").stat().st_size, "idx_sha256": sha256_file(pack / "train.idx"),
+                     "property_sha256": sha256_file(pack / "property")}, "code": code}
+
+
 def run(ctx) -> dict[str, Any]:
     from ..train.live import LiveLog
     from ..train.loop import build_model, train
@@ -118,7 +136,8 @@ def run(ctx) -> dict[str, Any]:
                      num_classes, p.backbone.name)
         with ctx.working_on(f"training {p.backbone.name} on {pack / 'train.rec'}"):
             result = train(p, place, pack / "train.rec", num_classes, ctx.log,
-                           live=LiveLog(p.live_dir) if place.main else None, verify=_verifier(ctx, p, place))
+                           live=LiveLog(p.live_dir) if place.main else None, verify=_verifier(ctx, p, place),
+                           inputs=run_inputs(pack))
         counts = {"rank": place.rank, "world_size": place.world_size, "steps": result["steps"],
                   "epochs": result["epochs"], "final_loss": result["final_loss"], "run_id": result["run_id"]}
         if place.main:
@@ -141,13 +160,17 @@ def _export(ctx, p, result: dict, untrained, num_classes: int, verify_paths: dic
                                 sidecar_fields=sidecar_fields(p, f"arcpipe {p.backbone.name} {p.head.kind}"))
         files.update({f"untrained_{k}": v for k, v in export_backbone(
             untrained.cpu(), tmp, formats=p.export, stem="untrained",
-            sidecar_fields=sidecar_fields(p, f"arcpipe {p.backbone.name} untrained")).items()})
+            sidecar_fields=sidecar_fields(p, f"arcpipe {p.backbone.name} untrained", trained=False)).items()})
+        np.save(tmp / "centres.npy", result["centres"])  # (C, K, D): for the cleaning stage
+        files["centres"] = tmp / "centres.npy"
         history = [{"step": s, **m} for s, m in result["history"]]
         write_json_atomic(tmp / "train.json", {
             "run_id": result["run_id"], "steps": result["steps"], "total_steps": result["total_steps"],
             "epochs": result["epochs"], "steps_per_epoch": result["steps_per_epoch"],
             "world_size": result["world_size"], "num_classes": num_classes, "final_loss": result["final_loss"],
             "backbone": p.backbone.model_dump(mode="json"), "head": p.head.model_dump(mode="json"),
-            "verification": {k: str(v) for k, v in verify_paths.items()}, "history": history})
+            "verification": {k: str(v) for k, v in verify_paths.items()},
+            "centres": {"file": "centres.npy", "shape": list(result["centres"].shape), "layout": "(classes, sub-centres, dim), unit rows"},
+            "history": history})
     ctx.log.info("exported %s", ", ".join(sorted(str(Path(v).name) for v in files.values())))
     return sorted(str(out / Path(v).name) for v in files.values())

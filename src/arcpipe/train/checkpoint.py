@@ -4,8 +4,9 @@
     <checkpoint_dir>/<run id>/run.json              the params that define the run
 
 A run id is the digest of what decides the weights (the train params except paths, logging and
-export, the class count, the world size), so a variant of the params trains in a folder of its
-own and resumes only its own checkpoints. A checkpoint named explicitly (`train.resume_from`)
+export, the class count, the world size, and the inputs the stage names: the pack's bytes and the
+code's), so a variant of the params, another pack or changed code trains in a folder of its own
+and resumes only its own checkpoints. A checkpoint named explicitly (`train.resume_from`)
 whose run differs is refused, naming the first differing key, unless `train.restart` is true.
 
 A checkpoint holds the backbone, the head (each rank's shard of class centres), both optimisers,
@@ -34,9 +35,13 @@ NOT_IN_RUN_ID = ("pack_dir", "out_dir", "checkpoint_dir", "live_dir", "device", 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
-def run_definition(train_params, num_classes: int, world_size: int) -> dict[str, Any]:
+def run_definition(train_params, num_classes: int, world_size: int,
+                   inputs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     d = {k: v for k, v in train_params.model_dump(mode="json").items() if k not in NOT_IN_RUN_ID}
-    return {"train": d, "num_classes": int(num_classes), "world_size": int(world_size)}
+    out = {"train": d, "num_classes": int(num_classes), "world_size": int(world_size)}
+    if inputs:
+        out["inputs"] = dict(inputs)
+    return out
 
 
 def run_id(definition: dict[str, Any]) -> str:
@@ -97,7 +102,8 @@ def load(path: Path, definition: dict[str, Any], restart: bool) -> Optional[dict
         if restart:
             return None
         key, a, b = first_difference(theirs, definition)
-        raise PipelineError(f"{path}: made with other params ({key}: {a!r} there, {b!r} now); set "
+        what = "data or code" if key.startswith("inputs.") else "params"
+        raise PipelineError(f"{path}: made with other {what} ({key}: {a!r} there, {b!r} now); set "
                             f"train.restart: true to start over, or resume a checkpoint of this run")
     return ckpt
 

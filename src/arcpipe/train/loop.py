@@ -81,9 +81,12 @@ def _restore(ckpt, backbone, head, opt_b, opt_h, scaler, place: Place) -> Progre
                     list(ckpt.get("pending", [])))
 
 
-def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, verify=None) -> dict[str, Any]:
+def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, verify=None,
+          inputs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Train to the end of the schedule (resuming this run's newest checkpoint); returns the
-    backbone (unwrapped, on its device, eval mode) and what happened."""
+    backbone (unwrapped, on its device, eval mode) and what happened. `inputs`: what else decides
+    the weights (the data's and the code's digests), part of the run id, so a checkpoint made from
+    other data or other code is never resumed."""
     if p.batch_size % place.world_size:
         raise PipelineError(f"train.batch_size {p.batch_size} does not divide over {place.world_size} ranks "
                             f"(each rank takes an equal share of the global batch)")
@@ -104,7 +107,7 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
     scaler = LossScaler(enabled=p.amp == "fp16")
     dtype = autocast_dtype(p.amp)
 
-    definition = ck.run_definition(p, num_classes, place.world_size)
+    definition = ck.run_definition(p, num_classes, place.world_size, inputs)
     folder = ck.run_dir(p.checkpoint_dir, definition)
     prog = Progress()
     start = Path(p.resume_from) if p.resume_from else ck.latest(folder)
@@ -195,10 +198,18 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
         live.finish()
     log.info("rank %d: backbone sha256 %s", place.rank, weights_digest(backbone))
     backbone.eval()
-    return {"backbone": backbone, "steps": prog.step, "total_steps": total, "epochs": prog.epoch,
+    return {"backbone": backbone, "centres": class_centres(head), "steps": prog.step, "total_steps": total, "epochs": prog.epoch,
             "steps_per_epoch": steps_per_epoch, "world_size": place.world_size, "run_id": ck.run_id(definition),
             "checkpoint": str(last_good) if last_good else None, "history": prog.history,
             "final_loss": next((m["train/loss"] for _, m in reversed(prog.history) if "train/loss" in m), None)}
+
+
+def class_centres(head) -> np.ndarray:
+    """Every class's centres as float32 (C, K, D) unit rows (K = 1 but for sub-center ArcFace),
+    gathered from all ranks (a collective call): what the cleaning stage measures angles to."""
+    w = head.full_state_dict()["weight"].detach().float().cpu()
+    w = w.unsqueeze(1) if w.dim() == 2 else w.transpose(0, 1)
+    return torch.nn.functional.normalize(w, dim=-1).numpy().astype(np.float32)
 
 
 def weights_digest(module) -> str:
