@@ -27,7 +27,8 @@ def dvc_stages(root: Path) -> dict[str, dict]:
             out[s.addressing] = {
                 "cmd": s.cmd,
                 "deps": deps,
-                "outs": {str(o.def_path).rstrip("/") for o in s.outs},
+                "outs": {str(o.def_path).rstrip("/") for o in s.outs if not o.persist},
+                "persist": {str(o.def_path).rstrip("/") for o in s.outs if o.persist},
                 "params": params,
             }
     return out

@@ -1,4 +1,4 @@
-# evaluate -> report. (train_bootstrap -> clean -> pack_clean -> train come in the next wave.)
+# evaluate -> report (the model comes from the train rule; train_bootstrap -> clean -> pack_clean come next).
 
 
 rule evaluate:
@@ -6,6 +6,7 @@ rule evaluate:
         script="scripts/evaluate.py",
         code=stage_code("evaluate"),
         evalpack=config["evalpack"]["out_dir"],
+        model=config["train"]["out_dir"],
         aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
         benchmarks=sorted({in_dag(p) for p in (
             *[(s or {}).get("root") for s in (config["evaluate"].get("ijb") or {}).values()],

@@ -1,0 +1,27 @@
+# pack -> train -> evaluate. The checkpoint folder is not an output: Snakemake would delete it
+# before the job, and a job started again after a crash resumes from it (DVC: persist: true).
+
+
+def _train_gpus():
+    return 1 if str(config["train"]["device"]).startswith("cuda") else 0
+
+
+rule train:
+    input:
+        script="scripts/train.py",
+        code=stage_code("train"),
+        pack=config["train"]["pack_dir"],
+        evalpack=config["evalpack"]["out_dir"],
+    output:
+        model=directory(config["train"]["out_dir"]),
+        metrics=f"{config['train']['live_dir']}/metrics.json",
+        plots=directory(f"{config['train']['live_dir']}/plots/metrics"),
+    params:
+        train=config["train"],
+    threads: max(1, config["train"]["workers"])
+    resources:
+        gpu=_train_gpus(),
+    log:
+        "logs/snakemake/train.log",
+    shell:
+        "{PY} scripts/train.py --params {PARAMS_FILE} > {log} 2>&1"
