@@ -201,3 +201,25 @@ def test_two_gloo_ranks_train_with_one_backbone(tmp_path, pack):
     r = subprocess.run(cmd + [str(write_params(tmp_path, epochs=1, batch_size=9))], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "does not divide over 2 ranks" in r.stderr
+
+
+def test_train_bootstrap_is_the_train_stage_on_its_own_section(tmp_path, monkeypatch, pack, capsys):
+    """train_bootstrap: sub-center ArcFace (K = 3) by default, its own folders, its own key names."""
+    root = _setup(tmp_path, monkeypatch, pack)
+    section = {**TINY, "head": {"kind": "subcenter", "s": 16.0, "m1": 1.0, "m2": 0.3, "m3": 0.0, "k": 3},
+               "epochs": 1, "export": ["onnx"], "pack_dir": str(root / "pack"),
+               "out_dir": str(root / "models" / "train_bootstrap"),
+               "checkpoint_dir": str(root / "models" / "checkpoints"),
+               "live_dir": str(root / "dvclive" / "train_bootstrap")}
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"train_bootstrap": section}))
+    assert main("train_bootstrap", ["--params", str(params)]) == 0
+    out = root / "models" / "train_bootstrap"
+    assert np.load(out / "centres.npy").shape == (4, 3, 32)
+    assert json.loads((out / "backbone.json").read_text())["loss"].startswith("subcenter (")
+    assert (root / "dvclive" / "train_bootstrap" / "metrics.json").is_file()
+    assert "summary:" in (root / "logs" / "train_bootstrap.log").read_text().splitlines()[-1]
+    assert not (root / "models" / "train").exists()
+    params.write_text(yaml.safe_dump({"train_bootstrap": {**section, "num_classes": 7}}))
+    assert main("train_bootstrap", ["--params", str(params)]) == 2
+    assert "train_bootstrap.num_classes = 7, but" in capsys.readouterr().err

@@ -46,7 +46,8 @@ class ScheduleParams(Section):
 class TrainParams(Section):
     pack_dir: str = "data/pack"
     out_dir: str = "models/train"
-    checkpoint_dir: str = "models/checkpoints"
+    # one folder per run id inside (arcpipe.train.checkpoint)
+    checkpoint_dir: str = "models/checkpoints/train"
     # DVCLive folder: metrics.json (loss, lr, verification accuracy) and plots/ per step
     live_dir: str = "dvclive"
     # must equal the pack's `property` when given; null: read it from there
@@ -103,3 +104,13 @@ class TrainParams(Section):
                               or norm[b].startswith(norm[a] + "/")):
                     raise ValueError(f"{a} {dirs[a]!r} and {b} {dirs[b]!r} must be separate folders")
         return self
+
+
+class TrainBootstrapParams(TrainParams):
+    """params.yaml `train_bootstrap`: the train stage on the raw pack, whose model and class
+    sub-centres the cleaning stage judges the raw images with (sub-center ArcFace, K = 3, as its
+    authors clean raw web faces). The same schema as `train`, other defaults."""
+    out_dir: str = "models/train_bootstrap"
+    checkpoint_dir: str = "models/checkpoints/train_bootstrap"
+    live_dir: str = "dvclive/train_bootstrap"
+    head: HeadParams = Field(default_factory=lambda: HeadParams(kind="subcenter", k=3))

@@ -43,7 +43,7 @@ def sidecar_fields(p, name: str, trained: bool = True) -> dict[str, Any]:
 def _class_count(ctx, p, pack: Path) -> int:
     prop_c = read_property(pack / "property")[0]
     if p.num_classes is not None and p.num_classes != prop_c:
-        raise PipelineError(f"train.num_classes = {p.num_classes}, but {pack / 'property'} says {prop_c} classes")
+        raise PipelineError(f"{ctx.name}.num_classes = {p.num_classes}, but {pack / 'property'} says {prop_c} classes")
     manifest = pack / "manifest.parquet"
     if manifest.is_file():  # every label the pack holds is a class the head has
         labels = pd.read_parquet(manifest, columns=["label", "packed"])
@@ -61,21 +61,23 @@ def _check_model_params(ctx, p) -> None:
     from ..train.losses import check_head
 
     if p.backbone.name not in BACKBONES:
-        raise PipelineError(f"{origin_of('train.backbone.name', ctx.params_files)}: train.backbone.name: "
+        key = f"{ctx.name}.backbone.name"
+        raise PipelineError(f"{origin_of(key, ctx.params_files)}: {key}: "
                             f"{p.backbone.name!r} is not one of {', '.join(BACKBONES)}")
     h = p.head
     try:
         check_head(h.kind, s=h.s, m1=h.m1, m2=h.m2, m3=h.m3, k=h.k, sample_rate=h.sample_rate, falloff=h.falloff)
     except ValueError as e:
-        raise PipelineError(f"{origin_of('train.head', ctx.params_files)}: train.head: {e}") from None
+        key = f"{ctx.name}.head"
+        raise PipelineError(f"{origin_of(key, ctx.params_files)}: {key}: {e}") from None
 
 
 def _quiet_other_ranks(ctx, place) -> None:
-    """Ranks other than 0 log to logs/train.rank<R>.log only (rank 0 keeps the terminal)."""
+    """Ranks other than 0 log to logs/<stage>.rank<R>.log only (rank 0 keeps the terminal)."""
     for h in list(ctx.log.handlers):
         ctx.log.removeHandler(h)
         h.close()
-    fh = logging.FileHandler(Path("logs") / f"train.rank{place.rank}.log", mode="a", encoding="utf-8")
+    fh = logging.FileHandler(Path("logs") / f"{ctx.name}.rank{place.rank}.log", mode="a", encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s rank%(process)d %(levelname)s %(message)s"))
     ctx.log.addHandler(fh)
 
@@ -86,7 +88,7 @@ def _verifier(ctx, p, place):
     from ..evaluate.model import ModuleEmbedder
     from ..evaluate.packs import verify_bin
 
-    paths = {n: ctx.require_path(f"train.verification.{n}", v) for n, v in sorted(p.verification.items())}
+    paths = {n: ctx.require_path(f"{ctx.name}.verification.{n}", v) for n, v in sorted(p.verification.items())}
     sc = sidecar_fields(p, "in training")
 
     def verify(backbone, step: int) -> dict[str, float]:
@@ -101,14 +103,14 @@ def _verifier(ctx, p, place):
     return verify
 
 
-def run_inputs(pack: Path) -> dict[str, Any]:
+def run_inputs(pack: Path, stage: str = "train") -> dict[str, Any]:
     """What decides the weights besides the params: the pack (its index and property, which change
     with any record, and the .rec's size) and the code the stage runs (every file's sha256)."""
     from ..fsutil import digest_of, sha256_file
     from .code import REPO, stage_code_files
 
     try:
-        files = {f: REPO / f for f in stage_code_files("train")}
+        files = {f: REPO / f for f in stage_code_files(stage)}
     except ValueError:  # an installed package without the checkout's scripts/: the library itself
         here = Path(__file__).resolve().parents[1]
         files = {str(f.relative_to(here)): f for f in sorted(here.rglob("*.py"))}
@@ -118,17 +120,21 @@ def run_inputs(pack: Path) -> dict[str, Any]:
 
 
 def run(ctx) -> dict[str, Any]:
+    return run_section(ctx, ctx.params.train)
+
+
+def run_section(ctx, p) -> dict[str, Any]:
+    """The train stage on params section `p` (ctx.name names it: train, train_bootstrap)."""
     from ..train.live import LiveLog
     from ..train.loop import build_model, train
 
-    p = ctx.params.train
     _check_model_params(ctx, p)
-    pack = ctx.require_path("train.pack_dir", p.pack_dir)
+    pack = ctx.require_path(f"{ctx.name}.pack_dir", p.pack_dir)
     for f in ("train.rec", "train.idx", "property"):
-        ctx.require_path("train.pack_dir", pack / f)
+        ctx.require_path(f"{ctx.name}.pack_dir", pack / f)
     num_classes = _class_count(ctx, p, pack)
-    verify_paths = {n: ctx.require_path(f"train.verification.{n}", v) for n, v in p.verification.items()}
-    place = dist.setup(p.device)
+    verify_paths = {n: ctx.require_path(f"{ctx.name}.verification.{n}", v) for n, v in p.verification.items()}
+    place = dist.setup(p.device, section=ctx.name)
     try:
         if not place.main:
             _quiet_other_ranks(ctx, place)
@@ -137,7 +143,7 @@ def run(ctx) -> dict[str, Any]:
         with ctx.working_on(f"training {p.backbone.name} on {pack / 'train.rec'}"):
             result = train(p, place, pack / "train.rec", num_classes, ctx.log,
                            live=LiveLog(p.live_dir) if place.main else None, verify=_verifier(ctx, p, place),
-                           inputs=run_inputs(pack))
+                           inputs=run_inputs(pack, ctx.name), section=ctx.name)
         counts = {"rank": place.rank, "world_size": place.world_size, "steps": result["steps"],
                   "epochs": result["epochs"], "final_loss": result["final_loss"], "run_id": result["run_id"]}
         if place.main:

@@ -91,7 +91,7 @@ def save(folder: Path, definition: dict[str, Any], state: dict[str, Any], step: 
     return path
 
 
-def load(path: Path, definition: dict[str, Any], restart: bool) -> Optional[dict[str, Any]]:
+def load(path: Path, definition: dict[str, Any], restart: bool, section: str = "train") -> Optional[dict[str, Any]]:
     """The checkpoint at `path` if it belongs to this run; None when it does not and restart is set."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own files
@@ -104,7 +104,7 @@ def load(path: Path, definition: dict[str, Any], restart: bool) -> Optional[dict
         key, a, b = first_difference(theirs, definition)
         what = "data or code" if key.startswith("inputs.") else "params"
         raise PipelineError(f"{path}: made with other {what} ({key}: {a!r} there, {b!r} now); set "
-                            f"train.restart: true to start over, or resume a checkpoint of this run")
+                            f"{section}.restart: true to start over, or resume a checkpoint of this run")
     return ckpt
 
 

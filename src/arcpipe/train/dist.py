@@ -42,14 +42,14 @@ def _env_int(name: str, default: int) -> int:
         raise PipelineError(f"environment: {name}={raw!r} is not a number (set by torchrun)") from None
 
 
-def setup(device: str, timeout_s: float = 1800.0) -> Place:
+def setup(device: str, timeout_s: float = 1800.0, section: str = "train") -> Place:
     """Read torchrun's environment, start the process group when there are several ranks."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", 0)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise PipelineError(f"train.device: {device}: this machine has no CUDA device (torch {torch.__version__})")
+            raise PipelineError(f"{section}.device: {device}: this machine has no CUDA device (torch {torch.__version__})")
         dev = torch.device(f"cuda:{local}") if device == "cuda" else torch.device(device)
         torch.cuda.set_device(dev)
     else:

@@ -82,13 +82,13 @@ def _restore(ckpt, backbone, head, opt_b, opt_h, scaler, place: Place) -> Progre
 
 
 def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, verify=None,
-          inputs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+          inputs: Optional[dict[str, Any]] = None, section: str = "train") -> dict[str, Any]:
     """Train to the end of the schedule (resuming this run's newest checkpoint); returns the
     backbone (unwrapped, on its device, eval mode) and what happened. `inputs`: what else decides
     the weights (the data's and the code's digests), part of the run id, so a checkpoint made from
     other data or other code is never resumed."""
     if p.batch_size % place.world_size:
-        raise PipelineError(f"train.batch_size {p.batch_size} does not divide over {place.world_size} ranks "
+        raise PipelineError(f"{section}.batch_size {p.batch_size} does not divide over {place.world_size} ranks "
                             f"(each rank takes an equal share of the global batch)")
     per_rank = p.batch_size // place.world_size
     dataset = open_dataset(rec_path, p.seed)
@@ -96,7 +96,7 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
     steps_per_epoch = sampler.steps()
     if steps_per_epoch == 0:
         raise PipelineError(f"{rec_path}: {len(dataset)} images cannot make one batch of {p.batch_size} "
-                            f"(train.batch_size)")
+                            f"({section}.batch_size)")
     total = p.max_steps or p.epochs * steps_per_epoch
     backbone, head = build_model(p, num_classes, place)
     model = backbone
@@ -112,12 +112,12 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
     prog = Progress()
     start = Path(p.resume_from) if p.resume_from else ck.latest(folder)
     if start is not None:
-        ckpt = ck.load(start, definition, p.restart)
+        ckpt = ck.load(start, definition, p.restart, section)
         if ckpt is not None:
             prog = _restore(ckpt, backbone, head, opt_b, opt_h, scaler, place)
             log.info("resumed %s at step %d of %d (epoch %d, batch %d)", start, prog.step, total, prog.epoch, prog.batch)
         else:
-            log.info("%s was made with other params: starting over (train.restart)", start)
+            log.info("%s was made with other params: starting over (%s.restart)", start, section)
     if live is not None:
         live.start(prog.history)
     last_good: Optional[Path] = start if start is not None and prog.step else None
@@ -130,7 +130,7 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
             log.info("checkpoint %s", last_good)
         barrier(place)
 
-    bar = tqdm(total=total, initial=prog.step, desc="train", unit="step", disable=None if place.main else True)
+    bar = tqdm(total=total, initial=prog.step, desc=section, unit="step", disable=None if place.main else True)
     window_t, window_n = time.perf_counter(), 0
     model.train()
     head.train()
