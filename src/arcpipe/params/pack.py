@@ -1,7 +1,7 @@
 """params.yaml `pack` and `evalpack`: RecordIO training packs and verification .bin packs."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -15,6 +15,22 @@ class PackParams(Section):
     quality: int = Field(default=95, ge=1, le=100)
     # >1: train_000.rec ... each a complete pack over a contiguous block of identities
     shards: PositiveInt = 1
+    # also write train_flat.rec: image records only, scalar labels, shuffled (DALI's reader)
+    flat_shuffled: bool = True
+    seed: NonNegInt = 0
+    # fsync the .rec/.idx before renaming them into place
+    durable: bool = True
+
+
+class PackCleanParams(Section):
+    # the raw pack (the pack stage's out_dir): its train.rec records are copied, labels patched
+    pack_dir: str = "data/pack"
+    # the clean stage's out_dir: kept.parquet (what stays, with its new label) and removals.parquet
+    clean_dir: str = "data/clean"
+    out_dir: str = "data/pack_clean"
+    # JPEG quality of the packed images; null (or the raw pack's quality) -> the raw pack's bytes
+    # copied unchanged; another value re-encodes the raw pack's JPEGs (a second lossy generation)
+    quality: Optional[int] = Field(default=None, ge=1, le=100)
     # also write train_flat.rec: image records only, scalar labels, shuffled (DALI's reader)
     flat_shuffled: bool = True
     seed: NonNegInt = 0

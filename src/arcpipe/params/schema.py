@@ -7,11 +7,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from .align import AlignParams
 from .base import Section
+from .clean import CleanParams
 from .detect import DetectParams
 from .evaluate import EvaluateParams, ReportParams
-from .pack import EvalPackParams, PackParams
+from .features import FeaturesParams
+from .pack import EvalPackParams, PackCleanParams, PackParams
 from .sample import SampleParams
-from .train import TrainParams
+from .train import TrainBootstrapParams, TrainParams
 
 
 class Params(Section):
@@ -20,7 +22,11 @@ class Params(Section):
     align: AlignParams = Field(default_factory=AlignParams)
     pack: PackParams = Field(default_factory=PackParams)
     evalpack: EvalPackParams = Field(default_factory=EvalPackParams)
+    train_bootstrap: TrainBootstrapParams = Field(default_factory=TrainBootstrapParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    features: FeaturesParams = Field(default_factory=FeaturesParams)
+    clean: CleanParams = Field(default_factory=CleanParams)
+    pack_clean: PackCleanParams = Field(default_factory=PackCleanParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)
 

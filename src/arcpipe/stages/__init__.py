@@ -5,7 +5,11 @@ write its outputs. `scripts/<stage>.py` is a one-line shim over `main("<stage>")
     detect     data/detect/NAME/      MTCNN or given landmarks, one row per input (arcpipe.detect)
     align      data/align/NAME/       five-point alignment, crops in RecordIO (arcpipe.align)
     pack       data/pack/             insightface training RecordIO (arcpipe.pack)
+    train_bootstrap  models/train_bootstrap/  the train stage on the raw pack (sub-center ArcFace): the cleaning model
     train      models/train/          ArcFace training, DDP under torchrun, exported for evaluate (arcpipe.train)
+    features   data/features/NAME/    embeddings of a pack or an aligned set under one model (arcpipe.clean)
+    clean      data/clean/            MS1MV2-style cleaning of the pack by the bootstrap features (arcpipe.clean)
+    pack_clean data/pack_clean/       the pack's kept images under their new labels, records copied (arcpipe.pack)
     evalpack   data/evalpack/         verification .bin packs (arcpipe.evalpack)
     evaluate   metrics/, plots/       the benchmark protocols (arcpipe.evaluate)
     report     reports/               our numbers beside the paper's (arcpipe.report)
@@ -19,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Optional, Sequence
 
-STAGES = ("sample", "detect", "align", "pack", "evalpack", "train", "evaluate", "report")
+STAGES = ("sample", "detect", "align", "pack", "evalpack", "train_bootstrap", "train", "features", "clean", "pack_clean", "evaluate", "report")
 
 
 def main(name: str, argv: Optional[Sequence[str]] = None) -> int:
