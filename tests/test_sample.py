@@ -100,6 +100,30 @@ def test_summary_and_log(samples):
     assert leftovers == []
 
 
+def test_default_noise_resolves_a_tenth():
+    """At least 10 of each training noise kind, so that one miss is a recall of 0.9 or better."""
+    nz = load_params([ROOT / "params.yaml"]).sample.noise
+    for n in (nz.mislabelled, nz.split_identities, nz.eval_overlap, nz.non_faces, nz.corrupt):
+        assert n >= 10
+    assert nz.corrupt % 3 == 0  # as many of each fault
+
+
+def test_overlap_takes_at_most_half_the_probes():
+    from arcpipe.errors import PipelineError
+    from arcpipe.params.sample import SampleNoiseParams
+
+    a = plan_sample(SampleParams(noise=SampleNoiseParams(eval_overlap=10)))
+    assert (len(a.lfw_overlap), len(a.mf_overlap)) == (7, 3)   # 6 probes: 3 stay evaluation identities
+    assert set(a.mf_overlap) <= set(a.megaface) and set(a.lfw_overlap) <= set(a.lfw)
+    assert len(set(a.lfw_overlap + a.mf_overlap)) == 10 and set(a.lfw_overlap + a.mf_overlap) <= set(a.train)
+    assert len(a.split_idx) == 10
+    assert not {a.train[i] for i in a.split_idx} & set(a.lfw_overlap + a.mf_overlap)
+    b = plan_sample(SampleParams(noise=SampleNoiseParams(eval_overlap=2)))
+    assert (len(b.lfw_overlap), len(b.mf_overlap)) == (1, 1)
+    with pytest.raises(PipelineError, match="eval_overlap"):
+        plan_sample(SampleParams(lfw_identities=4, noise=SampleNoiseParams(eval_overlap=10)))
+
+
 def test_scale_is_the_size_knob():
     p = SampleParams(scale=2.0)
     q = load_params([ROOT / "params.yaml"]).sample

@@ -144,11 +144,13 @@ def plan_sample(params: SampleParams) -> Allocation:
     D = scaled(params.megaface_distractors, sc, 1)
     n_img = params.images_per_identity
     overlap = scaled(nz.eval_overlap, sc)
-    o_lfw, o_mf = (overlap + 1) // 2, overlap // 2
+    # half to FaceScrub, but never more than half its probes (the rest stay evaluation identities)
+    o_mf = min(overlap // 2, P // 2)
+    o_lfw = overlap - o_mf
     n_split = scaled(nz.split_identities, sc)
-    if o_lfw > L or o_mf > P:
+    if o_lfw > L:
         raise PipelineError(f"sample.noise.eval_overlap: {overlap} overlapping identities do not fit in "
-                            f"{L} LFW and {P} FaceScrub identities")
+                            f"{L} LFW and {P // 2} FaceScrub identities (at most half the probes)")
     if overlap + n_split > T:
         raise PipelineError(f"sample.noise: {overlap} overlapping + {n_split} split identities need more than "
                             f"the {T} training identities")
