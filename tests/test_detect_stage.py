@@ -265,3 +265,37 @@ def test_shards_resume_and_stale_parts(tmp_path, monkeypatch, face):
     assert logged_summary(tmp_path, "detect")["parts_reused"] == 1  # part 0 from the shard run above, part 1 recomputed
     again = pd.read_parquet(out / "manifest.parquet")
     assert (again["status"] == "no_face").sum() >= 1 and len(again) == 5
+
+
+def test_images_rewritten_under_the_same_names_are_detected_again(tmp_path, monkeypatch, face):
+    """A regenerated source (same file names, other bytes) never reuses the old parts: the
+    listing's fingerprint covers each file's size and mtime (a folder) or the container's (a TSV)."""
+    _weights_or_skip()
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+
+    def write_images(shift: int) -> None:
+        for k in range(3):
+            (raw / f"id{k}").mkdir(parents=True, exist_ok=True)
+            img = np.roll(face, 7 * k + shift, axis=1)[:, :, ::-1]
+            (raw / f"id{k}" / "0.jpg").write_bytes(cv2.imencode(".jpg", img)[1].tobytes())
+
+    write_images(0)
+    tsv = tmp_path / "faces.tsv"
+    jpeg = lambda shift: base64.b64encode(cv2.imencode(".jpg", np.roll(face, shift, axis=1)[:, :, ::-1])[1]).decode()
+    tsv.write_text(f"m.1\t0\turl\tpage\tfid\trect\t{jpeg(0)}\n")
+    ds = {"d": {"source": str(raw), "format": "folder", "preset": "deploy"},
+          "t": {"source": str(tsv), "format": "ms1m_tsv", "preset": "deploy"}}
+    params = write_params(tmp_path, ds)
+    assert detect(params) == 0
+    before = {n: pd.read_parquet(tmp_path / "detect" / n / "manifest.parquet") for n in ds}
+    assert detect(params) == 0  # nothing changed: every part reused
+    assert logged_summary(tmp_path, "detect")["datasets"]["t"]["parts_reused"] == 1
+    write_images(3)  # the same names, other pixels
+    tsv.write_text(f"m.1\t0\turl\tpage\tfid\trect\t{jpeg(5)}\n")
+    assert detect(params) == 0
+    summary = logged_summary(tmp_path, "detect")["datasets"]
+    assert summary["d"]["parts_reused"] == 0 and summary["t"]["parts_reused"] == 0
+    for n in ds:
+        after = pd.read_parquet(tmp_path / "detect" / n / "manifest.parquet")
+        assert (after["content"] != before[n]["content"]).all(), n

@@ -27,7 +27,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import pandas as pd
 
@@ -95,10 +95,12 @@ def frame_items(df: pd.DataFrame) -> list[Item]:
                 df["source"], df["identity"], df["loc"], df["landmarks"], df["box"], df["score"], df["error"])]
 
 
-def write_listing(path: str | os.PathLike, items: Iterable[Item], meta: dict, chunk: int = 16384) -> dict:
+def write_listing(path: str | os.PathLike, items: Iterable[Item], meta: dict, chunk: int = 16384,
+                  stamp: Optional[Callable[[Item], Optional[tuple]]] = None) -> dict:
     """Stream `items` into a parquet listing (row groups of `chunk`), atomically; returns the
-    metadata written: `meta` plus rows, the items' fingerprint (their source keys, in order)
-    and whether any needs detection (no given landmarks)."""
+    metadata written: `meta` plus rows, the items' fingerprint (every field of every item, in
+    order, and `stamp(item)`: the size and mtime of its file, so that an image rewritten under
+    the same name changes it) and whether any needs detection (no given landmarks)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -120,7 +122,9 @@ def write_listing(path: str | os.PathLike, items: Iterable[Item], meta: dict, ch
 
         try:
             for it in items:
-                h.update(it.source.encode("utf-8", "surrogatepass"))
+                fields = (it.source, it.identity, it.loc, it.landmarks, it.box, it.score, it.error,
+                          stamp(it) if stamp is not None else None)
+                h.update(json.dumps(fields, default=str).encode("utf-8", "surrogatepass"))
                 h.update(b"\0")
                 detect = detect or (it.landmarks is None and not it.error)
                 rows += 1
@@ -164,6 +168,7 @@ def _sorted_files(root: Path) -> list[Path]:
 
 class Source:
     format = ""
+    file_per_item = True  # read() reads root/loc[0]; False where items live in container files
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -181,6 +186,18 @@ class Source:
         """A cheap fingerprint (path, size, mtime) of a source held in a few files, so a listing
         can be reused without reading them; None where only listing again can tell (folders)."""
         return None
+
+    def stamp(self, item: Item) -> Optional[tuple]:
+        """(size, mtime) of the file an item is read from, for sources of one file per item, so
+        the listing's fingerprint changes when an image is rewritten under the same name; None
+        for sources held in a few container files (their signature() covers the bytes)."""
+        if item.error or not item.loc or not self.file_per_item:
+            return None
+        try:
+            st = os.stat(self.root / item.loc[0])
+        except OSError:
+            return None  # read() names the problem
+        return st.st_size, st.st_mtime_ns
 
     @staticmethod
     def _stat(paths) -> list:
@@ -315,6 +332,7 @@ class TSVSource(Source):
     face rectangle (base64), face data (base64 JPEG). Identity = MID; source = file:line."""
 
     format = "ms1m_tsv"
+    file_per_item = False
     COLUMNS = 7
 
     def close(self) -> None:
@@ -381,6 +399,7 @@ class ArchiveSource(Source):
     folder name. Members with absolute paths, '..' parts, links or devices are refused."""
 
     format = "archive"
+    file_per_item = False
 
     def __init__(self, root):
         super().__init__(root)
@@ -474,6 +493,7 @@ class RecSource(Source):
     1..N-1 named by record 0's header; plain packs hold images only. Identity = the label."""
 
     format = "rec"
+    file_per_item = False
 
     def __init__(self, root):
         root = Path(root)

@@ -62,7 +62,7 @@ def ensure_listing(ctx, name: str, cfg, out_dir: Path, force: bool = False) -> d
         ctx.log.info("%s: listing of %d items reused (source files unchanged)", name, have["rows"])
         return have
     tmp = out_dir / f".{LISTING}.new"
-    info = write_listing(tmp, source.iter_items(), want)
+    info = write_listing(tmp, source.iter_items(), want, stamp=source.stamp)
     if same_source and have.get("items") == info["items"] and have.get("rows") == info["rows"]:
         tmp.unlink()  # same items: keep the file as it is (its readers need not rerun)
         ctx.log.info("%s: listed %d items, unchanged", name, info["rows"])
@@ -107,7 +107,8 @@ def detect_dataset(ctx, name: Optional[str]) -> dict[str, Any]:
     parts_dir = out_dir / "parts"
     digest = digest_of({"stage": "detect", "format": cfg.format, "source": cfg.source, "preset": preset,
                         "max_pixels": p.max_pixels, "min_face_score": p.min_face_score, "device": p.device,
-                        "items": listing["items"], "n": n, "shards": count, "v": 2})
+                        "items": listing["items"], "signature": listing.get("signature"), "n": n,
+                        "shards": count, "v": 3})
     todo = [ctx.shard[0]] if ctx.shard is not None else list(range(count))
     reused = 0
     for i in todo:
