@@ -9,6 +9,7 @@ from .align import AlignParams
 from .base import Section
 from .clean import CleanParams
 from .detect import DetectParams
+from .download import DownloadParams
 from .evaluate import EvaluateParams, ReportParams
 from .features import FeaturesParams
 from .pack import EvalPackParams, PackCleanParams, PackParams
@@ -17,6 +18,7 @@ from .train import TrainBootstrapParams, TrainParams
 
 
 class Params(Section):
+    download: DownloadParams = Field(default_factory=DownloadParams)
     sample: SampleParams = Field(default_factory=SampleParams)
     detect: DetectParams = Field(default_factory=DetectParams)
     align: AlignParams = Field(default_factory=AlignParams)

@@ -1,6 +1,7 @@
 """Every stage of the DAG, one short module each: read its params section, call the library,
 write its outputs. `scripts/<stage>.py` is a one-line shim over `main("<stage>")`.
 
+    download   data/download/NAME/    data sets fetched (http(s), file, fsspec) or placed by hand, checked, unpacked (arcpipe.download)
     sample     data/sample/           the embedded sample (arcpipe.sample)
     detect     data/detect/NAME/      MTCNN or given landmarks, one row per input (arcpipe.detect)
     align      data/align/NAME/       five-point alignment, crops in RecordIO (arcpipe.align)
@@ -23,7 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import Optional, Sequence
 
-STAGES = ("sample", "detect", "align", "pack", "evalpack", "train_bootstrap", "train", "features", "clean", "pack_clean", "evaluate", "report")
+STAGES = ("download", "sample", "detect", "align", "pack", "evalpack", "train_bootstrap", "train", "features", "clean", "pack_clean", "evaluate", "report")
 
 
 def main(name: str, argv: Optional[Sequence[str]] = None) -> int:
