@@ -84,7 +84,7 @@ def test_report_stage(tmp_path, monkeypatch):
                                       "report": {"out_dir": str(tmp_path / "reports")}}))
     assert main("report", ["--params", str(params)]) == 0
     out = tmp_path / "reports"
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.csv", "results.md", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["measured"] == 2 and summary["with_paper_number"] == 1
     assert "sanity baseline" not in (out / "results.md").read_text()   # an onnx model here

@@ -5,6 +5,9 @@ From <evaluate.metrics_dir>/*.json (not summary.json) the report stage writes in
     results.csv    one row per (benchmark, metric): ours, paper, delta, setting, notes,
                    setting_differs (how our setting differs from the paper's), not_resolvable
     summary.json   the stage summary
+and, from arcpipe.report_html, the sections beyond the table (ROC and training curves, contact sheets,
+the cleaning, what was run) appended to results.md, their SVG figures in figures/, and index.html:
+the same content as one self-contained page. The table's cells come from table_cells() here for both.
 The paper's table and its evaluation settings live in arcpipe.paper (one place).
 
 Honesty rules:
@@ -30,7 +33,8 @@ from typing import Any, Iterable, Optional
 from .errors import PipelineError
 from .paper import MAIN_SETTING, PAPER_NUMBERS, PROTOCOLS, SETTINGS, PaperNumber, count_text
 
-__all__ = ["load_metrics", "measured_numbers", "build_rows", "render_markdown", "render_csv"]
+__all__ = ["load_metrics", "measured_numbers", "build_rows", "render_markdown", "render_csv", "table_cells",
+           "baseline_rows", "baseline_cells", "data_table", "intro", "models_text", "has_pixels_model"]
 
 # display order and names of the benchmarks
 ORDER = ["lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp", "ytf", "megaface", "ijbb", "ijbc"]
@@ -356,54 +360,91 @@ def _fmt(v: Optional[float], digits: int = 2, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def render_markdown(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> str:
+INTRO = ("Paper column: {source}; setting {setting}. Numbers in percent. {tilde} marks a paper figure that is "
+         "uncertain; {dash} means not measured / no paper figure. A difference is shown only where our measurement "
+         "used the paper's evaluation setting (the full pair sets with their official folds, 1M MegaFace "
+         "distractors, the full IJB template pairs, the same FAR); where it did not, the difference cell is empty "
+         "and the note says what differs. A TAR or VAL at a FAR below 1 / (impostor pairs) cannot be measured and "
+         "is shown as not resolvable.")
+PIXELS_WARNING = ("The pixels model is a training-free sanity baseline, not a face model: its numbers show what the "
+                  "pipeline and the pairs alone give, and are not comparable to the paper's.")
+CLOSING = ("The paper's numbers are for its own trained model; ours are for the model named above, on the data "
+           "files listed (their sha256 identifies the exact pack).")
+TABLE_HEADER = ("benchmark", "metric", "ours", "paper", "ours − paper", "notes")
+BASELINE_HEADER = ("set", "baseline", "baseline accuracy", "ours", "ours − baseline")
+DATA_HEADER = ("benchmark", "file", "sha256", "pairs", "pairs listed", "pairs dropped", "folds")
+
+
+def intro(code=lambda s: f"`{s}`", escape=lambda s: s) -> str:
+    """The paragraph above the table; `code` marks the symbols (Markdown backticks by default),
+    `escape` the text around them (HTML)."""
     s = SETTINGS[MAIN_SETTING]
+    return escape(INTRO).format(source=escape(s.source), setting=escape(s.describe()), tilde=code("~"),
+                                dash=code("—"))
+
+
+def models_text(rows: list[dict[str, Any]]) -> str:
+    """'Ours: ...' naming every model behind the measured rows ('' when none)."""
+    models = sorted({r["model"] for r in rows if r["model"]})
+    return "Ours: " + "; ".join(models) if models else ""
+
+
+def has_pixels_model(metrics: dict[str, dict[str, Any]]) -> bool:
+    return any(isinstance(m.get("model"), dict) and m["model"].get("kind") == "pixels" for m in metrics.values())
+
+
+def table_cells(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """One row of the table as text cells (TABLE_HEADER), the same in results.md and index.html."""
+    ours = _fmt(r["ours"])
+    if r["ours"] is not None and r["ours_std"] is not None and r["metric"] == "acc":
+        ours += f" ± {r['ours_std']:.2f}"
+    if r["ours"] is None and r["not_resolvable"]:
+        ours = r["not_resolvable"]
+    paper = _fmt(r["paper"])
+    if r["paper_uncertain"] and r["paper"] is not None:
+        paper = "~" + paper
+    # no difference where the settings differ: the cell stays empty, the note says why
+    differs = r["setting_differs"] and r["paper"] is not None and r["delta"] is None
+    delta = "" if differs else _fmt(r["delta"], sign=True)
+    return (TITLES.get(r["benchmark"], r["benchmark"]), r["label"], ours, paper, delta, r["note"])
+
+
+def data_table(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The data files behind the numbers as text cells (DATA_HEADER), one row per benchmark."""
+    def cell(v: Any) -> str:
+        return "" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+
+    out = []
+    for n, d in sorted((n, m.get("data")) for n, m in metrics.items() if isinstance(m.get("data"), dict)):
+        m = metrics[n]
+        folds = f"{cell(m.get('folds'))}, {m['fold_rule']}" if m.get("fold_rule") else cell(m.get("folds"))
+        out.append((n, str(d.get("path", "")), str(d.get("sha256", ""))[:16], cell(m.get("pairs")),
+                    cell(m.get("pairs_listed")), cell(m.get("pairs_dropped")), folds))
+    return out
+
+
+def _md_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |\n"
+
+
+def render_markdown(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> str:
     out = io.StringIO()
     out.write("# Results beside the ArcFace paper\n\n")
-    out.write(f"Paper column: {s.source}; setting {s.describe()}. Numbers in percent. "
-              "`~` marks a paper figure that is uncertain; `—` means not measured / no paper figure. "
-              "A difference is shown only where our measurement used the paper's evaluation setting "
-              "(the full pair sets with their official folds, 1M MegaFace distractors, the full IJB "
-              "template pairs, the same FAR); where it did not, the difference cell is empty and the "
-              "note says what differs. A TAR or VAL at a FAR below 1 / (impostor pairs) cannot be "
-              "measured and is shown as not resolvable.\n\n")
-    models = sorted({r["model"] for r in rows if r["model"]})
-    if models:
-        out.write("Ours: " + "; ".join(models) + "\n\n")
-    if any(isinstance(m.get("model"), dict) and m["model"].get("kind") == "pixels" for m in metrics.values()):
-        out.write("**The pixels model is a training-free sanity baseline, not a face model: its numbers show "
-                  "what the pipeline and the pairs alone give, and are not comparable to the paper's.**\n\n")
-    out.write("| benchmark | metric | ours | paper | ours − paper | notes |\n|---|---|---:|---:|---:|---|\n")
+    out.write(intro() + "\n\n")
+    if models_text(rows):
+        out.write(models_text(rows) + "\n\n")
+    if has_pixels_model(metrics):
+        out.write(f"**{PIXELS_WARNING}**\n\n")
+    out.write(_md_row(TABLE_HEADER) + "|---|---|---:|---:|---:|---|\n")
     for r in rows:
-        ours = _fmt(r["ours"])
-        if r["ours"] is not None and r["ours_std"] is not None and r["metric"] == "acc":
-            ours += f" ± {r['ours_std']:.2f}"
-        if r["ours"] is None and r["not_resolvable"]:
-            ours = r["not_resolvable"]
-        paper = _fmt(r["paper"])
-        if r["paper_uncertain"] and r["paper"] is not None:
-            paper = "~" + paper
-        # no difference where the settings differ: the cell stays empty, the note says why
-        differs = r["setting_differs"] and r["paper"] is not None and r["delta"] is None
-        delta = "" if differs else _fmt(r["delta"], sign=True)
-        out.write(f"| {TITLES.get(r['benchmark'], r['benchmark'])} | {r['label']} | {ours} | {paper} | "
-                  f"{delta} | {r['note']} |\n")
+        out.write(_md_row(table_cells(r)))
     out.write(render_baselines(metrics))
-    data_rows = [(n, m.get("data")) for n, m in metrics.items() if isinstance(m.get("data"), dict)]
+    data_rows = data_table(metrics)
     if data_rows:
-        out.write("\n## Data\n\n| benchmark | file | sha256 | pairs | pairs listed | pairs dropped | folds |\n"
-                  "|---|---|---|---:|---:|---:|---|\n")
-        for n, d in sorted(data_rows):
-            m = metrics[n]
-
-            def cell(v: Any) -> str:
-                return "" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
-
-            folds = f"{cell(m.get('folds'))}, {m['fold_rule']}" if m.get("fold_rule") else cell(m.get("folds"))
-            out.write(f"| {n} | {d.get('path', '')} | {str(d.get('sha256', ''))[:16]} | {cell(m.get('pairs'))} | "
-                      f"{cell(m.get('pairs_listed'))} | {cell(m.get('pairs_dropped'))} | {folds} |\n")
-    out.write("\nThe paper's numbers are for its own trained model; ours are for the model named above, "
-              "on the data files listed (their sha256 identifies the exact pack).\n")
+        out.write("\n## Data\n\n" + _md_row(DATA_HEADER) + "|---|---|---|---:|---:|---:|---|\n")
+        for cells in data_rows:
+            out.write(_md_row(cells))
+    out.write("\n" + CLOSING + "\n")
     return out.getvalue()
 
 
@@ -425,17 +466,23 @@ def baseline_rows(metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+BASELINES_INTRO = "The same verification packs, the same protocol, other models: what the model above must beat."
+
+
+def baseline_cells(r: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """One baseline row as text cells (BASELINE_HEADER)."""
+    return (TITLES.get(r["set"], r["set"]), f"{r['baseline']} ({r['model']})", _fmt(r["theirs"]), _fmt(r["ours"]),
+            _fmt(r["margin"], sign=True))
+
+
 def render_baselines(metrics: dict[str, dict[str, Any]]) -> str:
     rows = baseline_rows(metrics)
     if not rows:
         return ""
     out = io.StringIO()
-    out.write("\n## Baselines\n\nThe same verification packs, the same protocol, other models: what the "
-              "model above must beat.\n\n| set | baseline | baseline accuracy | ours | ours − baseline |\n"
-              "|---|---|---:|---:|---:|\n")
+    out.write(f"\n## Baselines\n\n{BASELINES_INTRO}\n\n" + _md_row(BASELINE_HEADER) + "|---|---|---:|---:|---:|\n")
     for r in rows:
-        out.write(f"| {TITLES.get(r['set'], r['set'])} | {r['baseline']} ({r['model']}) | {_fmt(r['theirs'])} | "
-                  f"{_fmt(r['ours'])} | {_fmt(r['margin'], sign=True)} |\n")
+        out.write(_md_row(baseline_cells(r)))
     return out.getvalue()
 
 

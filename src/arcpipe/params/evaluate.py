@@ -115,4 +115,30 @@ class EvaluateParams(Section):
 
 
 class ReportParams(Section):
+    """params.yaml `report`: the table beside the paper (results.md, .csv) and index.html, one
+    self-contained page with the curves and images. The inputs of the sections beyond the table
+    default (null) to where their stages write them; a section whose input is absent says so."""
+
     out_dir: str = "reports"
+    # write index.html (inline CSS, images as data: URIs, curves as inline SVG) beside results.md
+    html: bool = True
+    # DVCLive folders whose plots/metrics/**/*.tsv are drawn, {run name: folder}; null:
+    # {train: train.live_dir, train_bootstrap: train_bootstrap.live_dir}
+    training: Optional[dict[str, str]] = None
+    # alignment contact sheets (JPEG), {data set: file}; null: <align.out_dir>/<name>/contact_sheet.jpg
+    # for every detect.datasets name; {} embeds none (each is about 0.1-0.3 MB in index.html)
+    contact_sheets: Optional[dict[str, str]] = None
+    # the clean stage's metrics file (counts per rule); null: clean.metrics
+    clean_metrics: Optional[str] = None
+    # the clean stage's folder with intra_similarity.png and nearest_centre.png; null: clean.out_dir
+    clean_dir: Optional[str] = None
+
+    @field_validator("training", "contact_sheets")
+    @classmethod
+    def _named(cls, v: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
+        for name, path in (v or {}).items():
+            if not _NAME.match(name):
+                raise ValueError(f"name {name!r} must be letters, digits, '_', '-', '.'")
+            if not path:
+                raise ValueError(f"{name}: empty path")
+        return v
