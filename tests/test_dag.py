@@ -1,4 +1,5 @@
 """dvc.yaml and the Snakefile describe one DAG: same stages, scripts, arguments, inputs, outputs."""
+import os
 import re
 import subprocess
 import sys
@@ -133,16 +134,27 @@ def test_tracked_params_are_written_out_in_params_yaml(both):
                 node = node[part]
 
 
-def test_slurm_profile_gives_shard_jobs_a_gpu(tmp_path):
+def test_slurm_profile_takes_the_site_from_the_environment(tmp_path):
+    """Partition and account are the user's (environment), never the profile's: shard jobs go to
+    ARCPIPE_SLURM_PARTITION, trainings to ARCPIPE_SLURM_GPU_PARTITION; a CPU run asks for no GPU."""
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]' for the SLURM profile")
     variant = tmp_path / "v.yaml"
     variant.write_text(yaml.safe_dump({"detect": {"shards": 2}}))
+    env = {**os.environ, "ARCPIPE_SLURM_PARTITION": "cpuq", "ARCPIPE_SLURM_GPU_PARTITION": "gpuq",
+           "ARCPIPE_SLURM_ACCOUNT": "proj1"}
     r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm", "-n", "-F",
-                        "--configfile", str(variant)], cwd=REPO, capture_output=True, text=True)
+                        "--configfile", str(variant)], cwd=REPO, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
-    blocks = out.split("rule detect_part:")[1:]
-    assert len(blocks) == 2 * len(yaml.safe_load((REPO / "params.yaml").read_text())["detect"]["datasets"])
-    for b in blocks:
-        res = next(line for line in b.splitlines() if line.strip().startswith("resources:"))
-        assert "slurm_partition=gpu" in res and "gpu=1" in res
+
+    def resources(rule: str) -> list[str]:
+        return [next(line for line in b.splitlines() if line.strip().startswith("resources:"))
+                for b in out.split(f"rule {rule}:")[1:]]
+
+    shards = resources("detect_part")
+    assert len(shards) == 2 * len(yaml.safe_load((REPO / "params.yaml").read_text())["detect"]["datasets"])
+    for res in shards:
+        assert "slurm_partition=cpuq" in res and "slurm_account=proj1" in res and "gpu=1" not in res, res
+    for rule in ("train", "train_bootstrap"):
+        (res,) = resources(rule)
+        assert "slurm_partition=gpuq" in res and "gpu=0" in res, res

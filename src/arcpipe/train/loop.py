@@ -81,6 +81,19 @@ def _restore(ckpt, backbone, head, opt_b, opt_h, scaler, place: Place) -> Progre
                     list(ckpt.get("pending", [])))
 
 
+def _agreed_start(place: Place, mine: Optional[Path], section: str) -> Optional[Path]:
+    """The checkpoint every rank resumes: rank 0's choice. A rank that cannot read it (a node that
+    does not see rank 0's checkpoint_dir) stops all ranks together, instead of starting over while
+    the others resume (which deadlocks them in mismatched collectives)."""
+    chosen = gather_objects(place, None if mine is None else str(mine))[0]
+    seen = gather_objects(place, chosen is None or Path(chosen).is_file())
+    if not all(seen):
+        blind = ", ".join(str(r) for r, ok in enumerate(seen) if not ok)
+        raise PipelineError(f"{chosen}: rank 0 resumes this checkpoint, but rank(s) {blind} cannot read it: "
+                            f"{section}.checkpoint_dir must be on a filesystem that every node shares")
+    return None if chosen is None else Path(chosen)
+
+
 def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, verify=None,
           inputs: Optional[dict[str, Any]] = None, section: str = "train") -> dict[str, Any]:
     """Train to the end of the schedule (resuming this run's newest checkpoint); returns the
@@ -110,7 +123,7 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
     definition = ck.run_definition(p, num_classes, place.world_size, inputs)
     folder = ck.run_dir(p.checkpoint_dir, definition)
     prog = Progress()
-    start = Path(p.resume_from) if p.resume_from else ck.latest(folder)
+    start = _agreed_start(place, Path(p.resume_from) if p.resume_from else ck.latest(folder), section)
     if start is not None:
         ckpt = ck.load(start, definition, p.restart, section)
         if ckpt is not None:

@@ -1,0 +1,180 @@
+"""The data stages on a real (one-node) SLURM cluster through `snakemake --profile
+workflow/profiles/slurm`: sample -> detect -> align -> pack / evalpack on the embedded sample, with
+detect and align in 2 shards (one SLURM job each), end with the bytes of a local `snakemake
+--cores 2` of the same targets; a shard that fails is resubmitted alone (retries), and once
+fixed, the next run reruns that shard and what depends on it, never its sibling.
+
+The cluster (tests/slurm_cluster.py) is munged + slurmctld + slurmd started here, everything in a
+temporary folder, stopped pid by pid at the end. Needs Debian's `slurm-wlm munge` and root; skips
+without them, fails instead under CI=true. Takes several minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import in_ci
+from slurm_cluster import PARTITION, SlurmCluster, missing_binaries
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGETS = ["pack", "evalpack"]
+# detect and align in 2 shards; one worker each, so the node's 2 CPUs run 2 jobs at once
+SHARDED = {"detect": {"shards": 2, "workers": 1}, "align": {"shards": 2, "workers": 1}}
+# the fault: the stage log of align's shard 1 is a folder, so every align shard-1 job fails
+# (its logger cannot open the file) and nothing else does
+POISON = "logs/align.shard001of002.log"
+
+
+def _unavailable() -> str | None:
+    missing = missing_binaries()
+    if missing:
+        return f"SLURM is not installed (missing {', '.join(missing)}): apt-get install slurm-wlm munge"
+    if os.geteuid() != 0:
+        return "the test cluster runs its daemons as SlurmUser=root: run as root"
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        return "snakemake-executor-plugin-slurm is not installed: pip install -e '.[slurm]'"
+    return None
+
+
+def _copy_repo(dst: Path) -> Path:
+    """The work tree as a clone of it would be: tracked and new (not ignored) files."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.split(b"\0")
+    for f in filter(None, files):
+        src = REPO / f.decode()
+        if src.is_file():
+            (dst / f.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f.decode())
+    (dst / "sharded.yaml").write_text(yaml.safe_dump(SHARDED))
+    return dst
+
+
+def _env(root: Path, base: dict | None = None) -> dict:
+    env = dict(base or os.environ)
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(root / "src"), TQDM_DISABLE="1")
+    for var in ("ARCPIPE_SLURM_ACCOUNT", "ARCPIPE_SLURM_PARTITION", "ARCPIPE_SLURM_GPU_PARTITION"):
+        env.pop(var, None)
+    return env
+
+
+def _snakemake(root: Path, args: list[str], env: dict, timeout: float = 1200) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "snakemake", *TARGETS, "--configfile", "sharded.yaml", *args],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    return r.returncode, r.stdout + r.stderr, time.monotonic() - t0
+
+
+def _job_stats(log: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints: {rule: count}."""
+    block = log.split("Job stats:\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    rows = dict((line.split()[0], int(line.split()[1])) for line in block if line.strip())
+    rows.pop("total", None)
+    return rows
+
+
+def _mtime_stamped(rel: str) -> bool:
+    """detect's listing and its parts carry, in their parquet metadata, a digest of the source
+    files' sizes and mtimes (so a rewritten image is listed again): two runs that each made the
+    sample differ there by design. Their rows must still be equal."""
+    return rel.startswith("data/detect/") and (rel.endswith("/listing.parquet") or "/parts/" in rel)
+
+
+def _files(root: Path) -> dict[str, str]:
+    """sha256 of every file under data/ (the rows only, for the mtime-stamped parquet files)."""
+    out = {}
+    for p in sorted((root / "data").rglob("*")):
+        if p.is_file():
+            rel = str(p.relative_to(root))
+            if _mtime_stamped(rel):
+                table = pq.read_table(p).replace_schema_metadata(None)
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, table.schema) as w:
+                    w.write_table(table)
+                out[rel] = "rows:" + hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    reason = _unavailable()
+    if reason:
+        pytest.fail(f"slurm test could not run under CI=true: {reason}") if in_ci() else pytest.skip(reason)
+    root = _copy_repo(tmp_path_factory.mktemp("local"))
+    code, log, seconds = _snakemake(root, ["--cores", "2", "--rerun-triggers", "input", "params", "code"],
+                                    _env(root))
+    assert code == 0, log[-4000:]
+    return root, log, seconds
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, local_run):
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        c.start()
+    except Exception:
+        c.stop()
+        raise
+    yield c
+    c.stop()
+
+
+def test_data_stages_on_slurm_match_a_local_run(tmp_path, local_run, cluster):
+    local, local_log, local_s = local_run
+    root = _copy_repo(tmp_path / "repo")
+    env = _env(root, cluster.env)
+    env["ARCPIPE_SLURM_PARTITION"] = PARTITION  # the site's partition, as a user sets it
+    # status checks every few seconds instead of the plugin's 40 s; squeue (no accounting here)
+    fast = ["--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", "--slurm-status-command", "squeue",
+            "--latency-wait", "5", "--retries", "1"]
+    args = ["--profile", "workflow/profiles/slurm", *fast]
+    (root / POISON).mkdir(parents=True)
+
+    t0 = time.monotonic()
+    code, log1, s1 = _snakemake(root, args, env)
+    assert code != 0, "the poisoned shard did not fail:\n" + log1[-3000:]
+    assert _job_stats(log1) == _job_stats(local_log), "the SLURM run planned other jobs than the local run"
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", log1)
+    # .snakemake/slurm_logs/rule_<rule>[/<wildcards>]/<id>.log
+    rules = [next(part for part in Path(p).parts if part.startswith("rule_")) for _, p in submitted]
+    assert rules.count("rule_detect_part") == 10 and rules.count("rule_align_part") == 5 * 2 + 5, rules
+    assert rules.count("rule_sample") == 1 and "rule_align" not in rules and "rule_pack" not in rules
+    # retries: each failing shard 1 was submitted again, alone; each shard 0 once
+    tries = Counter(Path(p).parts[-2] for _, p in submitted if Path(p).parts[-3] == "rule_align_part")
+    assert sorted(tries.values()) == [1] * 5 + [2] * 5 and all(("00001" in w) == (n == 2) for w, n in tries.items()), tries
+    parts = sorted((root / "data" / "align").glob("*/parts/part-*.parquet"))
+    assert [p.name for p in parts] == ["part-00000-of-00002.parquet"] * 5  # shard 1 failed, shard 0 kept
+    kept = {p: p.stat().st_mtime_ns for p in (root / "data").rglob("*") if p.is_file()}
+
+    (root / POISON).rmdir()
+    code, plan, _ = _snakemake(root, [*args, "--dry-run"], env)
+    assert code == 0, plan[-3000:]
+    assert _job_stats(plan) == {"align_part": 5, "align": 5, "pack": 1, "evalpack": 1}, plan[-3000:]
+    code, log2, s2 = _snakemake(root, args, env)
+    assert code == 0, log2[-4000:] + "\n" + cluster.logs()
+    total = time.monotonic() - t0
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "a finished job's output was rewritten"
+
+    ours, theirs = _files(root), _files(local)
+    assert sorted(ours) == sorted(theirs)
+    differ = [f for f in ours if ours[f] != theirs[f]]
+    assert not differ, differ
+    print(f"\nlocal snakemake --cores 2: {local_s:.0f} s; SLURM: failing run {s1:.0f} s, rerun {s2:.0f} s, "
+          f"{total:.0f} s with the dry run; {len(submitted)} + {log2.count('has been submitted')} jobs submitted")
