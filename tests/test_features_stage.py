@@ -254,7 +254,9 @@ def test_bad_input_exits_2_naming_the_culprit(root, tmp_path, capsys):
 def test_default_params_validate_with_the_features_section():
     p = load_params([REPO / "params.yaml"]).features
     assert p.model.kind == "onnx" and p.model.path == "models/train_bootstrap/backbone.onnx"
-    assert p.sets["train"].source == "data/pack" and p.sets["train"].format == "pack" and p.flip is False
+    assert p.sets["train"].source == "data/pack" and p.sets["train"].format == "pack"
+    # the overlap rule's evaluation sets, embedded like evaluate does (with the mirror image)
+    assert {n for n, s in p.sets.items() if s.format == "aligned"} == {"lfw", "megaface_probe", "ijbs"} and p.flip
 
 
 def test_listing_reads_labels_from_the_records(root):

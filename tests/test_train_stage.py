@@ -219,6 +219,10 @@ def test_train_bootstrap_is_the_train_stage_on_its_own_section(tmp_path, monkeyp
     assert json.loads((out / "backbone.json").read_text())["loss"].startswith("subcenter (")
     assert (root / "dvclive" / "train_bootstrap" / "metrics.json").is_file()
     assert "summary:" in (root / "logs" / "train_bootstrap.log").read_text().splitlines()[-1]
+    from arcpipe.train.live import LiveLog
+
+    LiveLog(root / "dvclive").start([])  # train's live folder holds the bootstrap's: starting it keeps that
+    assert (root / "dvclive" / "train_bootstrap" / "metrics.json").is_file()
     assert not (root / "models" / "train").exists()
     params.write_text(yaml.safe_dump({"train_bootstrap": {**section, "num_classes": 7}}))
     assert main("train_bootstrap", ["--params", str(params)]) == 2

@@ -14,8 +14,8 @@ class SampleNoiseParams(Section):
     """Known noise injected into the training set (folder and TSV alike), all in ground_truth.json.
 
     The counts let a precision or recall of 0.9 mean something (at least 10 of each training kind:
-    one miss of 10 is 0.9, of 3 it was 0.67) and keep the sample plausible: about 1% of the 2,520
-    images mislabelled, 5% of the 210 identities split or shared with an evaluation set.
+    one miss of 10 is 0.9, of 3 it was 0.67): about 1.6% of the 1,560 images mislabelled, and
+    of the 65 identities 10 split and 10 shared with an evaluation set.
     """
 
     mislabelled: NonNegInt = 25      # an image of identity A filed under B (~1% of the images)
@@ -33,8 +33,11 @@ class SampleParams(Section):
     out_dir: str = "data/sample"
     seed: NonNegInt = 0
     scale: PositiveFloat = 1.0
-    identities: PositiveInt = 210          # training identities (a few to each training base face)
-    images_per_identity: PositiveInt = 12
+    # training identities: the sample's 65 is one to each training base face, so no two training
+    # identities look alike except the injected noise (split identities, overlaps) the cleaning
+    # stage must find; more identities than base faces share them, several to a base face
+    identities: PositiveInt = 65
+    images_per_identity: PositiveInt = 24
     # base faces kept for the evaluation sets (not scaled: the pool of real faces is fixed); the
     # rest make the training identities. 0: evaluation identities share the training base faces
     eval_bases: NonNegInt = 30

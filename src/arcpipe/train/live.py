@@ -20,7 +20,10 @@ class LiveLog:
     def start(self, history) -> None:
         from dvclive import Live
 
-        shutil.rmtree(self.folder, ignore_errors=True)
+        # what DVCLive writes here, not the folder: another stage's live folder may lie inside it
+        # (train_bootstrap's dvclive/train_bootstrap in train's dvclive)
+        shutil.rmtree(self.folder / "plots", ignore_errors=True)
+        (self.folder / "metrics.json").unlink(missing_ok=True)
         self._live = Live(dir=str(self.folder), resume=False, save_dvc_exp=False, dvcyaml=False, report=None)
         for step, metrics in history:
             self._write(step, metrics)
