@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from arcpipe.paper import MAIN_SETTING, PAPER_NUMBERS, SETTINGS, numbers_for
-from arcpipe.report import build_rows, load_metrics, render_csv, render_markdown
+from arcpipe.report import build_rows, headline, load_metrics, render_csv, render_markdown
 from arcpipe.stages import main
 
 
@@ -84,9 +84,11 @@ def test_report_stage(tmp_path, monkeypatch):
                                       "report": {"out_dir": str(tmp_path / "reports")}}))
     assert main("report", ["--params", str(params)]) == 0
     out = tmp_path / "reports"
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.csv", "results.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["headline.json", "index.html", "results.csv", "results.md",
+                                                     "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["measured"] == 2 and summary["with_paper_number"] == 1
+    assert json.loads((out / "headline.json").read_text()) == {"lfw": {"acc": 75.0, "val@far=0.001": 50.0}}
     assert "sanity baseline" not in (out / "results.md").read_text()   # an onnx model here
 
 
@@ -131,3 +133,22 @@ def test_benchmark_shapes_of_ijb_megaface_ytf(tmp_path):
     rows = {(r["benchmark"], r["metric"]): r for r in build_rows({"megaface": mf})}
     assert rows[("megaface", "id_rank1_raw")]["paper"] is None
     assert rows[("megaface", "id_rank1_refined")]["ours"] is None
+
+
+def test_headline_holds_the_few_numbers_of_a_run(tmp_path):
+    """One small metrics file per run for dvc exp show: each benchmark's figures, the baselines,
+    the trainings' final loss and verification, the cleaning counts and quality per noise kind."""
+    lfw = _verif("lfw", 0.83)
+    base = {"benchmark": "baselines", "models": {"pixels": {"model": {"kind": "pixels", "name": "pixels"},
+                                                            "verification": {"lfw": {"acc_mean": 0.69, "pairs": 6000}}}}}
+    d = _write(tmp_path, {"lfw": lfw, "baselines": base})
+    metrics = load_metrics(d)
+    live = {"train": {"step": 150, "train": {"loss": 0.51234567, "lr": 0.0}, "verify": {"lfw": {"acc": 0.8367}}}}
+    cleaning = {"images_in": 1504, "images_out": 1230, "identities_out": 55,
+                "quality": {"kinds": {"corrupt": {"precision": 1.0, "recall": 1.0, "removed": 12}}}}
+    h = headline(build_rows(metrics), metrics, live, cleaning)
+    assert h["lfw"]["acc"] == 83.0 and h["baselines"] == {"pixels": {"lfw": 69.0}}
+    assert h["train"] == {"step": 150, "loss": 0.5123, "verify_lfw": 83.67}
+    assert h["cleaning"] == {"images_in": 1504, "images_out": 1230, "identities_out": 55,
+                             "corrupt": {"precision": 1.0, "recall": 1.0}}
+    assert headline([], {}) == {}

@@ -494,3 +494,36 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
         w.writerow({k: ("" if r[k] is None else (repr(round(r[k], 6)) if isinstance(r[k], float) else r[k]))
                     for k in CSV_COLUMNS})
     return buf.getvalue()
+
+
+def _rounded(v: Any, digits: int = 4) -> Any:
+    return round(float(v), digits) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def headline(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any]],
+             training: Optional[dict[str, dict[str, Any]]] = None,
+             cleaning: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The few numbers that say how a run went, for `dvc exp show` and `dvc metrics diff`: each
+    benchmark's measured figures (percent), each baseline's accuracy beside them, the trainings'
+    final loss and verification accuracy (their DVCLive metrics.json), and the cleaning counts and
+    precision / recall per noise kind. The per-benchmark files stay the detailed record."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r["ours"] is not None:
+            out.setdefault(r["benchmark"], {})[r["metric"]] = _rounded(r["ours"], 2)
+    for b in baseline_rows(metrics):
+        out.setdefault("baselines", {}).setdefault(b["baseline"], {})[b["set"]] = _rounded(b["theirs"], 2)
+    for name, live in sorted((training or {}).items()):
+        loss = (live.get("train") or {}).get("loss")
+        verify = {k: _rounded((v or {}).get("acc") * 100, 2) for k, v in sorted((live.get("verify") or {}).items())
+                  if isinstance((v or {}).get("acc"), (int, float))}
+        out[name] = {"step": live.get("step"), "loss": _rounded(loss), **{f"verify_{k}": v for k, v in verify.items()}}
+    if cleaning:
+        c = {"images_in": cleaning.get("images_in"), "images_out": cleaning.get("images_out"),
+             "identities_out": cleaning.get("identities_out")}
+        for kind, q in sorted(((cleaning.get("quality") or {}).get("kinds") or {}).items()):
+            c[kind] = {"precision": _rounded(q.get("precision")), "recall": _rounded(q.get("recall"))}
+            if q.get("undetected_faces"):  # non-faces: the precision of what the detector found, too
+                c[kind]["precision_detected"] = _rounded(q.get("precision_detected"))
+        out["cleaning"] = c
+    return out

@@ -7,8 +7,9 @@ Reads <evaluate.metrics_dir>/*.json; the table and its honesty rules are arcpipe
 The sections beyond the table (arcpipe.report_html) read <evaluate.plots_dir>/roc_*.csv, the
 DVCLive folders' plots, the contact sheets, the clean stage's metrics and histograms and dvc.lock,
 each where report.* or its stage's params put it; what is absent is named in the report, not an
-error. Writes results.md, results.csv, figures/*.svg (the curves), index.html (report.html) and
-summary.json into report.out_dir, whole or not at all.
+error. Writes results.md, results.csv, headline.json (the headline numbers: the run's DVC metrics
+file), figures/*.svg (the curves), index.html (report.html) and summary.json into report.out_dir,
+whole or not at all.
 """
 from __future__ import annotations
 
@@ -17,8 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import atomic_path
-from ..report import build_rows, load_metrics, render_csv, render_markdown
+from ..report import build_rows, headline, load_metrics, render_csv, render_markdown
 from ..report_html import FIGURES, figure_files, gather, inputs_from_params, render_html, render_markdown_extras
+
+
+HEADLINE = "headline.json"  # the run's few headline numbers: the metrics file dvc exp show reads
+
+
+def _live_metrics(training: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each training's DVCLive metrics.json, where it exists."""
+    out = {}
+    for name, folder in training.items():
+        try:
+            out[name] = json.loads((Path(folder) / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def run(ctx) -> dict[str, Any]:
@@ -26,8 +41,10 @@ def run(ctx) -> dict[str, Any]:
     metrics = load_metrics(metrics_dir)
     rows = build_rows(metrics)
     out_dir = Path(ctx.params.report.out_dir)
+    inputs = inputs_from_params(ctx.params)
     with ctx.working_on("the sections beyond the table"):
-        extras = gather(inputs_from_params(ctx.params), ctx.params, ctx.params_files)
+        extras = gather(inputs, ctx.params, ctx.params_files)
+    head = headline(rows, metrics, _live_metrics(inputs.training), extras.cleaning)
     figures = figure_files(extras)
     measured = sum(r["ours"] is not None for r in rows)
     not_produced = [f"{section}: {line}" for section, lines in extras.missing.items() for line in lines]
@@ -45,6 +62,7 @@ def run(ctx) -> dict[str, Any]:
         (tmp / "results.md").write_text(render_markdown(rows, metrics) + render_markdown_extras(extras, out_dir),
                                         encoding="utf-8")
         (tmp / "results.csv").write_text(render_csv(rows), encoding="utf-8")
+        (tmp / HEADLINE).write_text(json.dumps(head, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if figures:
             (tmp / FIGURES).mkdir()
             for name, svg in figures.items():
