@@ -291,7 +291,7 @@ def test_two_runs_give_the_same_bytes(inputs, capsys):
     assert sorted(first) == ["figures/roc.svg", "figures/training-train-train-loss.svg",
                              "figures/training-train-verify-lfw-acc.svg",
                              "figures/training-train_bootstrap-train-loss.svg",
-                             "index.html", "results.csv", "results.md", "summary.json"]
+                             "headline.json", "index.html", "results.csv", "results.md", "summary.json"]
     summary = json.loads(first["summary.json"])
     assert (summary["html"], summary["roc_curves"], summary["training_curves"], summary["contact_sheets"],
             summary["cleaning"], summary["checksums"]) == (True, 2, 3, 1, True, 4)
