@@ -7,13 +7,13 @@ deterministic artifacts, a second `dvc repro` must have nothing to do, and a var
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from worktree import copy_worktree
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -52,13 +52,7 @@ def run(cmd, cwd, timeout=3600):
 
 def clone(dst: Path) -> Path:
     """A fresh copy of the work tree (tracked and new files, as `git clone` of a commit would give)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.split(b"\0")
-    for f in filter(None, files):
-        src = REPO / f.decode()
-        if src.is_file():
-            (dst / f.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f.decode())
+    copy_worktree(dst)
     for c in (["git", "init", "-q"], ["git", "add", "-A"],
               ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
         subprocess.run(c, cwd=dst, check=True, capture_output=True)

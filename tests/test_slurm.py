@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import yaml
 
 from conftest import in_ci
 from slurm_cluster import PARTITION, SlurmCluster, missing_binaries
+from worktree import copy_worktree
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 REPO = Path(__file__).resolve().parents[1]
@@ -53,14 +53,8 @@ def _unavailable() -> str | None:
 
 
 def _copy_repo(dst: Path) -> Path:
-    """The work tree as a clone of it would be: tracked and new (not ignored) files."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.split(b"\0")
-    for f in filter(None, files):
-        src = REPO / f.decode()
-        if src.is_file():
-            (dst / f.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f.decode())
+    """The work tree as a clone of it would be, with the sharded variant beside params.yaml."""
+    copy_worktree(dst)
     (dst / "sharded.yaml").write_text(yaml.safe_dump(SHARDED))
     return dst
 
