@@ -13,6 +13,7 @@ rule train_bootstrap:
     input:
         script="scripts/train_bootstrap.py",
         code=stage_code("train_bootstrap"),
+        sections=section_input("train_bootstrap"),
         pack=config["train_bootstrap"]["pack_dir"],
         evalpack=config["evalpack"]["out_dir"],
     output:
@@ -52,6 +53,7 @@ rule features:
     input:
         script="scripts/features.py",
         code=stage_code("features"),
+        sections=section_input("features"),
         source=_feature_source,
         model=_feature_model,
     output:
@@ -70,6 +72,7 @@ rule clean:
     input:
         script="scripts/clean.py",
         code=stage_code("clean"),
+        sections=section_input("clean"),
         features=config["clean"]["features_dir"],
         eval_features=sorted(set(config["clean"].get("eval_features", {}).values())),
         bootstrap=config["clean"]["bootstrap_dir"],
@@ -92,6 +95,7 @@ rule pack_clean:
     input:
         script="scripts/pack_clean.py",
         code=stage_code("pack_clean"),
+        sections=section_input("pack_clean"),
         pack=config["pack_clean"]["pack_dir"],
         clean=config["pack_clean"]["clean_dir"],
     output:

@@ -42,6 +42,7 @@ rule sample:
     input:
         script="scripts/sample.py",
         code=stage_code("sample"),
+        sections=section_input("sample"),
     output:
         directory(config["sample"]["out_dir"]),
     params:
@@ -71,6 +72,7 @@ rule detect_part:
     input:
         script="scripts/detect.py",
         code=stage_code("detect"),
+        sections=section_input("detect"),
         source=lambda w: source_of(w.dataset),
         listing=f"{DETECT}/{{dataset}}/listing.parquet",
     output:
@@ -90,6 +92,7 @@ rule detect:
     input:
         script="scripts/detect.py",
         code=stage_code("detect"),
+        sections=section_input("detect"),
         source=lambda w: source_of(w.dataset),
         parts=_parts(DETECT, config["detect"]["shards"]),
         listing=_listing(config["detect"]["shards"]),
@@ -110,6 +113,7 @@ rule align_part:
     input:
         script="scripts/align.py",
         code=stage_code("align"),
+        sections=section_input("align"),
         detect=f"{DETECT}/{{dataset}}/manifest.parquet",
         source=lambda w: source_of(w.dataset),
     output:
@@ -130,6 +134,7 @@ rule align:
     input:
         script="scripts/align.py",
         code=stage_code("align"),
+        sections=section_input("align"),
         detect=f"{DETECT}/{{dataset}}/manifest.parquet",
         source=lambda w: source_of(w.dataset),
         parts=_parts(ALIGN, config["align"]["shards"]),
@@ -155,6 +160,7 @@ rule pack:
     input:
         script="scripts/pack.py",
         code=stage_code("pack"),
+        sections=section_input("pack"),
         rec=f"{ALIGN}/{config['pack']['dataset']}/faces.rec",
         manifest=f"{ALIGN}/{config['pack']['dataset']}/manifest.parquet",
     output:
@@ -172,6 +178,7 @@ rule evalpack:
     input:
         script="scripts/evalpack.py",
         code=stage_code("evalpack"),
+        sections=section_input("evalpack"),
         aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
     output:
         directory(config["evalpack"]["out_dir"]),

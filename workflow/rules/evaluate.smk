@@ -13,6 +13,7 @@ rule evaluate:
     input:
         script="scripts/evaluate.py",
         code=stage_code("evaluate"),
+        sections=section_input("evaluate"),
         evalpack=config["evalpack"]["out_dir"],
         models=evaluated_model_dirs(),
         aligned=expand(f"{ALIGN}/{{dataset}}/manifest.parquet", dataset=DATASETS),
@@ -37,6 +38,7 @@ rule report:
     input:
         script="scripts/report.py",
         code=stage_code("report"),
+        sections=section_input("report"),
         metrics=config["evaluate"]["metrics_dir"],
         plots=config["evaluate"]["plots_dir"],
         training=[f"{config[s]['live_dir']}/plots/metrics" for s in ("train", "train_bootstrap")],

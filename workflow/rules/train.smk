@@ -11,6 +11,7 @@ rule train:
     input:
         script="scripts/train.py",
         code=stage_code("train"),
+        sections=section_input("train"),
         pack=config["train"]["pack_dir"],
         evalpack=config["evalpack"]["out_dir"],
     output:
