@@ -166,3 +166,36 @@ def test_onnx_model_in_the_stage(tmp_path, monkeypatch):
     m = json.loads((tmp_path / "metrics" / "a.json").read_text())
     assert m["model"]["name"] == "linear-test" and m["model"]["path"].endswith("lin.onnx")
     assert len(m["model"]["sha256"]) == 64 and m["model"]["embedding_size"] == 16
+
+
+def test_only_and_skip_switch_benchmarks_off_and_keep_the_others_files(tmp_path, monkeypatch, capsys):
+    """A variant names the benchmarks it wants (or does not) instead of nulling the others; a run
+    by hand replaces only the files of what it judged, so the other benchmarks' metrics stay."""
+    monkeypatch.chdir(tmp_path)
+    make_pack(tmp_path / "a.bin", pairs=20, seed=5)
+    make_pack(tmp_path / "b.bin", pairs=20, seed=6)
+    sets = {"a": tmp_path / "a.bin", "b": tmp_path / "b.bin"}
+    assert main("evaluate", ["--params", str(write_params(tmp_path, sets))]) == 0
+    b_before = (tmp_path / "metrics" / "b.json").read_bytes()
+    a_before = json.loads((tmp_path / "metrics" / "a.json").read_text())
+
+    only_a = write_params(tmp_path, sets, only=["a"], flip=False)
+    assert main("evaluate", ["--params", str(only_a)]) == 0
+    summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
+    assert summary["benchmarks"] == ["a"]
+    a_after = json.loads((tmp_path / "metrics" / "a.json").read_text())
+    assert a_after["flip"] is False and a_before["flip"] is True  # a was judged again
+    assert (tmp_path / "metrics" / "b.json").read_bytes() == b_before  # b kept, untouched
+    assert (tmp_path / "plots" / "roc_b.csv").is_file()
+
+    skip_a = write_params(tmp_path, sets, skip=["a"])
+    assert main("evaluate", ["--params", str(skip_a)]) == 0
+    assert json.loads((tmp_path / "metrics" / "summary.json").read_text())["benchmarks"] == ["b"]
+
+    capsys.readouterr()
+    for bad in ({"skip": ["ijbc"]}, {"only": ["c"]}):
+        assert main("evaluate", ["--params", str(write_params(tmp_path, sets, **bad))]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no benchmark named" in err[0] and "configured: a, b" in err[0], err
+    assert main("evaluate", ["--params", str(write_params(tmp_path, sets, skip=["a", "b"]))]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err

@@ -38,6 +38,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def atomic_files_into(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success move each file written there into `folder`
+    (replacing same-named files, keeping the others), on error remove it and touch nothing."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(folder)
+    remove_path(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        remove_path(tmp)
+        raise
+    folder.mkdir(exist_ok=True)
+    for entry in sorted(tmp.iterdir()):
+        target = folder / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    tmp.rmdir()
+
+
 def remove_path(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():

@@ -60,6 +60,28 @@ class EvaluateParams(Section):
     ijb: dict[str, Optional[IJBParams]] = Field(default_factory=dict)
     megaface: Optional[MegaFaceParams] = None
     ytf: Optional[YTFParams] = None
+    # switch benchmarks off without restating the others, by name: a verification set, an IJB
+    # set, megaface, ytf or baselines. only: just these run; skip: these do not
+    # (a variant `evaluate: {only: [lfw]}` judges on LFW alone)
+    only: Optional[list[str]] = None
+    skip: list[str] = Field(default_factory=list)
+
+    def benchmark_names(self) -> list[str]:
+        """Every benchmark the params configure, before only/skip."""
+        names = [*self.verification, *(n for n, v in self.ijb.items() if v is not None)]
+        names += [n for n in ("megaface", "ytf") if getattr(self, n) is not None]
+        return names + (["baselines"] if self.baselines else [])
+
+    def selected(self) -> "EvaluateParams":
+        """These params with the benchmarks that only/skip switch off removed."""
+        keep = set(self.only if self.only is not None else self.benchmark_names()) - set(self.skip)
+        return self.model_copy(update={
+            "verification": {k: v for k, v in self.verification.items() if k in keep},
+            "ijb": {k: v for k, v in self.ijb.items() if k in keep and v is not None},
+            "megaface": self.megaface if "megaface" in keep else None,
+            "ytf": self.ytf if "ytf" in keep else None,
+            "baselines": self.baselines if "baselines" in keep else {},
+            "only": None, "skip": []})
 
     @field_validator("device")
     @classmethod
@@ -101,6 +123,16 @@ class EvaluateParams(Section):
         return self
 
     @model_validator(mode="after")
+    def _known_switches(self) -> "EvaluateParams":
+        known = self.benchmark_names()
+        for key in ("only", "skip"):
+            unknown = [n for n in (getattr(self, key) or []) if n not in known]
+            if unknown:
+                raise ValueError(f"{key}: no benchmark named {unknown[0]!r} is configured "
+                                 f"(configured: {', '.join(known) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
     def _distinct_dirs(self) -> "EvaluateParams":
         dirs = {"metrics_dir": self.metrics_dir, "plots_dir": self.plots_dir, "embeddings_dir": self.embeddings_dir}
         parts = {k: PurePosixPath(v.replace("\\", "/").rstrip("/") or ".").parts for k, v in dirs.items()}
@@ -110,7 +142,7 @@ class EvaluateParams(Section):
                 pa, pb = parts[a], parts[b]
                 if pa[:len(pb)] == pb or pb[:len(pa)] == pa:
                     raise ValueError(f"{a} {dirs[a]!r} and {b} {dirs[b]!r} must be separate folders "
-                                     "(each is rebuilt whole)")
+                                     "(each holds one kind of file)")
         return self
 
 

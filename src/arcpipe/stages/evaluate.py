@@ -5,8 +5,13 @@
 Embeds every benchmark with one model and runs each protocol (arcpipe.evaluate); writes metrics
 DVC understands.
 
-Outputs (the three folders are rebuilt whole and renamed into place at the end, so a failure
-leaves the previous ones untouched):
+Benchmarks are switched off by name without restating the others: `evaluate.only: [lfw]`,
+`evaluate.skip: [ijbs, megaface]`.
+
+Outputs (written into temporary folders and moved into place file by file at the end, so a
+failure leaves the previous ones untouched, and the files of benchmarks this run did not judge
+stay: evaluating one benchmark by hand does not delete the others' metrics. Under DVC and
+Snakemake the three folders are outputs, removed before the stage runs):
 
     <metrics_dir>/<name>.json     one per verification set (evaluate.verification {name: .bin}):
                                   acc_mean/acc_std, fold_acc, fold_threshold, val_mean/val_std/
@@ -43,7 +48,7 @@ from ..evaluate.megaface import run_megaface
 from ..evaluate.model import load_embedder
 from ..evaluate.packs import verify_bin
 from ..evaluate.ytf import run_ytf
-from ..fsutil import atomic_path, write_json_atomic
+from ..fsutil import atomic_files_into, write_json_atomic
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -115,7 +120,7 @@ def run_baselines(p, ctx) -> dict[str, Any]:
 
 
 def run(ctx) -> dict[str, Any]:
-    p = ctx.params.evaluate
+    p = ctx.params.evaluate.selected()  # only/skip applied
     for name, path in p.verification.items():
         ctx.require_path(f"evaluate.verification.{name}", path)
     for name, spec in p.baselines.items():
@@ -123,7 +128,8 @@ def run(ctx) -> dict[str, Any]:
             ctx.require_path(f"evaluate.baselines.{name}.path", spec.path)
     benches = _bench_runs(p)
     if not p.verification and not benches:
-        raise PipelineError(f"{ctx.params_files[0]}: evaluate: nothing to evaluate (no verification sets, no ijb/megaface/ytf)")
+        raise PipelineError(f"{ctx.params_files[0]}: evaluate: nothing to evaluate (no verification sets, no ijb/megaface/ytf, "
+                            "or evaluate.only/skip leave none)")
     embedder = load_embedder(p.model, p.device, p.batch_size)
     identity = embedder.identity()
     ctx.log.info("model: %s; decode/align workers: %d", identity.get("name") or identity["kind"], ctx.workers)
@@ -131,7 +137,8 @@ def run(ctx) -> dict[str, Any]:
     counts: dict[str, Any] = {"benchmarks": [], "pairs": {}, "model": identity.get("name") or identity["kind"]}
     metrics_dir, plots_dir, emb_dir = Path(p.metrics_dir), Path(p.plots_dir), Path(p.embeddings_dir)
     saved: dict[str, Any] = {}
-    with atomic_path(metrics_dir) as mtmp, atomic_path(plots_dir) as ptmp, atomic_path(emb_dir) as etmp:
+    with atomic_files_into(metrics_dir) as mtmp, atomic_files_into(plots_dir) as ptmp, \
+            atomic_files_into(emb_dir) as etmp:
         mtmp.mkdir(parents=True)
         ptmp.mkdir(parents=True)
         etmp.mkdir(parents=True)
