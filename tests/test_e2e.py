@@ -150,6 +150,39 @@ def test_second_repro_does_nothing(dvc_run):
     assert "up to date" in status
 
 
+def attempt(cmd, cwd, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_artifacts_travel_through_a_dvc_remote(dvc_run, tmp_path):
+    """Push after a run, pull in a fresh clone: nothing is recomputed there, the artifacts are the
+    same bytes, and the report rebuilds from the pulled inputs alone. The remote is a local folder
+    here; a network folder, or s3/gs with DVC's plugin, is the same commands."""
+    root, _ = dvc_run
+    r = attempt(["dvc", "push"], root)
+    assert r.returncode != 0 and "no remote specified" in r.stderr + r.stdout, r.stderr[-2000:]
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "built"], root)
+    run(["dvc", "push"], root)
+
+    fresh = tmp_path / "fresh"
+    run(["git", "clone", "-q", str(root), str(fresh)], tmp_path)
+    assert not (fresh / "models/train/backbone.onnx").exists()
+    run(["dvc", "pull"], fresh)
+    status = run(["dvc", "status"], fresh)
+    assert "up to date" in status, status[-3000:]
+    out = run(["dvc", "repro"], fresh)
+    assert "Running stage" not in out, out[-3000:]
+    for rel in DETERMINISTIC:
+        assert sha(fresh / rel) == sha(root / rel), rel
+    out = run(["dvc", "repro", "--force", "--single-item", "report"], fresh)
+    ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'report':"], out[-3000:]
+    assert sha(fresh / "reports/headline.json") == sha(root / "reports/headline.json")
+
+
 def _lock_outs(root: Path) -> dict[str, tuple]:
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     return {o["path"]: (o.get("md5"), o.get("size"), o.get("nfiles"))
@@ -200,3 +233,24 @@ def test_variant_reruns_only_what_it_changes(dvc_run, tmp_path):
     out = run([sys.executable, "-m", "arcpipe.cli", "exp-run", str(variant)], root)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"evaluate", "report"}, out[-2000:]
+
+
+def test_a_training_variant_as_a_dvc_experiment_and_exp_show_lists_the_runs(dvc_run):
+    """`dvc exp run -S` of a loss key reruns training and what follows it (not detection, not the
+    bootstrap or cleaning), and `dvc exp show` lists the runs with their headline numbers."""
+    root, _ = dvc_run
+    out = run(["dvc", "exp", "run", "-n", "arc_m045", "-S", "train.head.m2=0.45"], root)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "report"}, out[-2000:]
+    r = attempt(["dvc", "exp", "show", "--csv"], root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    exps = [row for row in rows if row["Experiment"]]
+    assert len(exps) >= 2 and "arc_m045" in {row["Experiment"] for row in exps}, r.stdout[-3000:]
+    for row in exps:
+        assert 50.0 <= float(row["lfw.acc"]) <= 100.0, row  # the headline (reports/headline.json)
+    mine = next(row for row in exps if row["Experiment"] == "arc_m045")
+    assert float(mine["train.head.m2"]) == 0.45

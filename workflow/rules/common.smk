@@ -121,12 +121,16 @@ def _canon(value):
     return json.dumps(value, sort_keys=True, default=str)
 
 
+_DVCIGNORED = re.compile(r"data/[^/]+/[^/]+/parts")  # .dvcignore's /data/*/*/parts/ (shard scratch)
+
+
 def _files(path):
-    """(relpath, path) of every file of an output, as DVC walks a directory."""
+    """(relpath, path) of every file of an output, as DVC walks a directory (.dvcignore's rule)."""
     if not os.path.isdir(path):
         return [("", path)]
     found = []
-    for d, _, names in os.walk(path):
+    for d, dirs, names in os.walk(path):
+        dirs[:] = [x for x in dirs if not _DVCIGNORED.fullmatch(os.path.normpath(os.path.join(d, x)).replace(os.sep, "/"))]
         found.extend((os.path.relpath(os.path.join(d, n), path).replace(os.sep, "/"), os.path.join(d, n)) for n in names)
     return sorted(found)
 

@@ -1,6 +1,6 @@
 # pack_clean -> train -> evaluate (train.pack_dir: the refined pack; data/pack trains on the raw
-# set). The checkpoint folder is not an output: Snakemake would delete it before the job, and a
-# job started again after a crash resumes from it (DVC: persist: true).
+# set). The checkpoint folder is not an output of either engine: Snakemake would delete it before
+# the job, and a job started again after a crash resumes from it.
 
 
 def _train_gpus():
