@@ -87,6 +87,25 @@ def test_sections_are_dvc_params_and_change_only_with_them(tmp_path):
     assert {f.stem: f.stat().st_mtime_ns for f in files} == before, "same values: no file rewritten"
 
 
+def test_a_jobs_own_snakemake_never_rewrites_the_files(tmp_path):
+    """Fast: a SLURM job (or group/subprocess job) runs its own Snakemake, which reads the Snakefile
+    again while the main process may not yet have recorded a job that just finished. Only the main
+    process decides: were the job's Snakemake to judge those outputs foreign, it would rewrite their
+    file and the next run would redo the finished job (seen on Slurm as reruns of detect)."""
+    (tmp_path / "tree").mkdir()
+    root = clone(tmp_path / "tree")
+    dry_run(root)
+    section = root / SECTIONS / "sample.json"
+    assert json.loads(section.read_text())["foreign_build"] is None
+    (root / "data" / "sample").mkdir(parents=True)  # outputs that no engine has a record of
+    (root / "data" / "sample" / "made_elsewhere").write_text("x")
+    before = (section.read_bytes(), section.stat().st_mtime_ns)
+    dry_run(root, "--mode", "subprocess")
+    assert (section.read_bytes(), section.stat().st_mtime_ns) == before, "a job's Snakemake rewrote the file"
+    dry_run(root)
+    assert json.loads(section.read_text())["foreign_build"], "the main process did not see the foreign build"
+
+
 @pytest.mark.slow
 def test_a_variant_reruns_what_it_changes_whichever_engine_built_the_tree(tmp_path):
     """dvc repro -> snakemake variant -> dvc status -> dvc repro -> snakemake, each step rerunning

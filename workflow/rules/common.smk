@@ -264,6 +264,11 @@ def _section_file(stage):
         except (KeyError, TypeError):
             values[key] = _MISSING
     path = os.path.join(SECTIONS_DIR, f"{stage}.json")
+    if not getattr(workflow, "is_main_process", True) and os.path.exists(path):
+        # A job's own Snakemake (a SLURM job, a group or subprocess job) reads what the main process
+        # decided. Deciding again would race it: a job finished a moment ago has outputs but no
+        # record yet, so it would look foreign and its file be rewritten, rerunning it next time.
+        return path
     try:
         with open(path) as f:
             old = json.load(f)
