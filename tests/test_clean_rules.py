@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from arcpipe.clean.rules import (COLUMNS, EvalSet, Inter, Intra, MinImages, Overlap, Subcenter, clean,
+from arcpipe.clean.centres import identity_centres, nearest_other
+from arcpipe.clean.rules import (COLUMNS, EvalSet, Inter, Intra, MinImages, Nearest, Overlap, Subcenter, clean,
                                  rules_from_params)
 from arcpipe.clean.store import FeatureStore, FeatureWriter
 from arcpipe.errors import PipelineError
@@ -191,9 +192,44 @@ def test_bad_inputs_are_named(tmp_path, store):
 
 
 def test_rules_from_params_follow_the_order_and_switches():
-    p = CleanParams.model_validate({"order": ["min_images", "overlap", "inter", "intra", "subcenter"],
+    p = CleanParams.model_validate({"order": ["min_images", "overlap", "inter", "intra", "nearest", "subcenter"],
                                     "inter": {"action": "drop", "max_cos": 0.6}, "subcenter": {"enabled": False},
                                     "intra": {"min_cos": 0.3, "robust_cut": 0.2, "passes": 3}})
     assert rules_from_params(p) == [MinImages(2), Overlap(0.4), Inter(0.6, "drop"), Intra(0.3, 0.2, 3)]
     with pytest.raises(ValueError, match="each rule exactly once: missing subcenter"):
-        CleanParams.model_validate({"order": ["intra", "inter", "overlap", "min_images"]})
+        CleanParams.model_validate({"order": ["intra", "nearest", "inter", "overlap", "min_images"]})
+    assert CleanParams().nearest.enabled is False  # not in the paper's recipe: on only where asked
+    on = CleanParams.model_validate({"nearest": {"enabled": True, "margin": 0.4, "candidate_max_cos": 0.6}})
+    assert Nearest(0.4, 0.6) in rules_from_params(on)
+
+
+def test_nearest_other_is_the_best_other_live_centre(store):
+    st, _ = store
+    feats, labels, _ = planted()
+    centres, _ = identity_centres(st)
+    centres[5] = 0.0  # a label with no centre is never anyone's nearest
+    mask = np.ones(st.count, bool)
+    mask[[3, 40]] = False
+    own, other, other_cos = nearest_other(st, centres, mask=mask, chunk=7)
+    x = st.read(0, st.count, np.float32)
+    sims = x @ centres.T
+    for i in range(st.count):
+        if not mask[i]:
+            assert np.isnan(own[i]) and other[i] == -1 and np.isnan(other_cos[i])
+            continue
+        row = sims[i].copy()
+        assert own[i] == pytest.approx(row[labels[i]], abs=1e-5)
+        row[[labels[i], 5]] = -np.inf
+        assert other[i] == row.argmax() and other_cos[i] == pytest.approx(row.max(), abs=1e-5)
+
+
+def test_nearest_takes_the_image_of_another_person_and_nothing_else(store):
+    st, roles = store
+    t = clean(st, [Nearest(margin=0.3, candidate_max_cos=0.5)], chunk=16).removed
+    assert set(t.row[t.rule == "nearest"]) == set(np.flatnonzero(roles == "mislabelled"))
+    assert t.detail.iloc[0].startswith("nearer 4 ") and t.score.iloc[0] > 0.8  # person 4's image
+    # an image is judged only below candidate_max_cos, and only a gap above margin takes it
+    assert clean(st, [Nearest(margin=0.3, candidate_max_cos=-0.5)], chunk=16).removed.empty
+    assert clean(st, [Nearest(margin=1.5, candidate_max_cos=0.5)], chunk=16).removed.empty
+    with pytest.raises(ValueError, match=r"nearest.margin: -0.1"):
+        Nearest(margin=-0.1)

@@ -152,7 +152,7 @@ def test_rules_switched_off_need_no_centres(root, tmp_path):
                   overlap={"enabled": False}, eval_features={})
     assert run(tmp_path, path) == 0
     s = json.loads((tmp_path / "clean" / "summary.json").read_text())
-    assert s["order"] == ["intra", "inter", "min_images"] and s["disabled"] == ["subcenter", "overlap"]
+    assert s["order"] == ["intra", "inter", "min_images"] and s["disabled"] == ["subcenter", "nearest", "overlap"]
     assert s["subcentres"] is None and s["out"] == 47 and s["rejected"]["intra"] == 1  # intra takes the stray
 
 

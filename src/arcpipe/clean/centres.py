@@ -22,7 +22,7 @@ BLOCK = 4096           # rows per side of one similarity block in `nearest` / `p
 SUB_BLOCK = 8192       # rows per gather of (rows, K, D) sub-centres (100 MB at K=3, D=512)
 
 __all__ = ["CHUNK", "BLOCK", "label_sums", "unit_rows", "identity_centres", "robust_centres",
-           "centre_pass", "centre_cosines", "nearest", "pairs_above", "subcentre_angles"]
+           "centre_pass", "centre_cosines", "nearest", "nearest_other", "pairs_above", "subcentre_angles"]
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -259,6 +259,32 @@ def _nearest_faiss(a: np.ndarray, b: np.ndarray, k: int, exclude_same_index: boo
         val = np.pad(val, ((0, 0), (0, pad)), constant_values=-np.inf)
     idx[~np.isfinite(val)] = -1
     return idx, val
+
+
+def nearest_other(store: FeatureStore, centres: np.ndarray, *, labels=None, mask=None,
+                  chunk: int = CHUNK, backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's cosine to its own label's centre and to the nearest centre of any other label:
+    (own (N,) float32, other (N,) int64, other_cos (N,) float32); NaN / -1 / NaN outside `mask`.
+
+    Only labels with a centre (a non-zero row) are candidates; `nearest` does the search in blocks,
+    so memory is a chunk of rows plus one block of similarities, whatever the number of labels."""
+    centres = np.asarray(centres, dtype=np.float32)
+    own = np.full(store.count, np.nan, dtype=np.float32)
+    other = np.full(store.count, -1, dtype=np.int64)
+    other_cos = np.full(store.count, np.nan, dtype=np.float32)
+    live = np.flatnonzero(np.any(centres != 0, axis=1))
+    candidates = centres[live]
+    for start, x, lab, sel, got in _cosine_chunks(store, centres, labels, mask, chunk):
+        rows = np.flatnonzero(sel)
+        own[start + rows] = got[rows]
+        if len(live) < 2:
+            continue
+        idx, val = nearest(x[rows], candidates, k=2, backend=backend)
+        first_is_own = live[idx[:, 0]] == lab[rows]
+        pick = np.where(first_is_own, 1, 0)
+        other[start + rows] = live[idx[np.arange(len(rows)), pick]]
+        other_cos[start + rows] = val[np.arange(len(rows)), pick]
+    return own, other, other_cos
 
 
 def pairs_above(a: np.ndarray, threshold: float, chunk: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

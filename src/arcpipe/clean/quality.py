@@ -16,7 +16,7 @@ Image-level kinds (mislabelled, non_face, corrupt; one image each)
              cleaned set, whatever the cause (the detect stage's rejects count: most corrupt files
              and non-faces never get past it); `caught_by` splits caught by cause.
   precision  true_positives / removed, over *image decisions*: rejects before cleaning and image
-             removals of the image rules (subcenter, intra). Each such removal is credited to
+             removals of the image rules (subcenter, intra, nearest). Each such removal is credited to
              exactly one kind, so none is a true positive of two kinds at once:
              - a noise image is a true positive of its own kind, whichever decision removed it
                (a non-face the intra rule removed is a non_face true positive);
@@ -80,7 +80,7 @@ IMAGE_KINDS = ("mislabelled", "non_face", "corrupt")
 IDENTITY_KINDS = ("split_identity", "eval_overlap")
 CLEAN = "clean"                            # truth of an image no image-level noise item names
 DECODE_STATUSES = ("unreadable", "too_large")  # rejects that say the bytes are bad: aimed at corrupt
-IMAGE_RULES = ("subcenter", "intra")       # the clean rules that judge single images
+IMAGE_RULES = ("subcenter", "intra", "nearest")      # the clean rules that judge single images
 EXAMPLES = 20                              # missed items / false positives listed by name, at most
 SAMPLE_TSV = "train/ms1m.tsv"              # where the sample writes its TSV, under its out_dir
 _TARGET = re.compile(r"^(merged into|same person as) (-?\d+)$")

@@ -3,6 +3,8 @@ table that says why each image or identity went.
 
   subcenter   image: angle to its class's dominant sub-centre (bootstrap head) > max_angle_deg
   intra       image: cosine to its identity's robust centre < min_cos
+  nearest     image: another identity's centre is nearer than its own by more than margin (cosine),
+              and its own is below candidate_max_cos: a photo of someone else under this label
   inter       identities whose centres have cosine > max_cos are one person under several labels
               (linked pairs form a group): merge (the other labels' images join the group's largest
               label) or drop (the other labels go, with their images). Either way the person stays
@@ -33,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PipelineError
-from .centres import (CHUNK, centre_pass, label_sums, nearest, pairs_above, robust_centres,
-                      subcentre_angles, unit_rows)
+from .centres import (CHUNK, centre_pass, label_sums, nearest, nearest_other, pairs_above,
+                      robust_centres, subcentre_angles, unit_rows)
 from .store import FeatureStore
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 IMAGE, IDENTITY = "image", "identity"
 COLUMNS = ["row", "key", "label", "rule", "score", "level", "detail"]
 
-__all__ = ["Subcenter", "Intra", "Inter", "Overlap", "MinImages", "Rule", "EvalSet", "CleanResult",
+__all__ = ["Subcenter", "Intra", "Nearest", "Inter", "Overlap", "MinImages", "Rule", "EvalSet", "CleanResult",
            "clean", "rules_from_params", "COLUMNS", "IMAGE", "IDENTITY"]
 
 
@@ -75,6 +77,17 @@ class Intra:
         _in_range("intra.robust_cut", self.robust_cut, -1, 1, "a cosine")
         if self.passes < 0:
             raise ValueError(f"intra.passes: {self.passes}, expected >= 0")
+
+
+@dataclass(frozen=True)
+class Nearest:
+    margin: float = 0.3             # how much nearer (cosine) the other identity's centre must be
+    candidate_max_cos: float = 0.5  # only images this far from their own centre are judged
+    name: ClassVar[str] = "nearest"
+
+    def __post_init__(self):
+        _in_range("nearest.margin", self.margin, 0, 2, "a cosine difference")
+        _in_range("nearest.candidate_max_cos", self.candidate_max_cos, -1, 1, "a cosine")
 
 
 @dataclass(frozen=True)
@@ -108,8 +121,8 @@ class MinImages:
             raise ValueError(f"min_images.min_images: {self.min_images}, expected >= 1")
 
 
-Rule = Union[Subcenter, Intra, Inter, Overlap, MinImages]
-RULES: dict[str, type] = {r.name: r for r in (Subcenter, Intra, Inter, Overlap, MinImages)}
+Rule = Union[Subcenter, Intra, Nearest, Inter, Overlap, MinImages]
+RULES: dict[str, type] = {r.name: r for r in (Subcenter, Intra, Nearest, Inter, Overlap, MinImages)}
 
 
 @dataclass
@@ -226,6 +239,15 @@ def _intra(run: _Run, rule: Intra, subcentres, eval_sets) -> None:
     run.sums = sums  # the centres of exactly the images this rule kept
 
 
+def _nearest(run: _Run, rule: Nearest, subcentres, eval_sets) -> None:
+    own, other, other_cos = nearest_other(run.store, run.centres(), labels=run.label, mask=run.alive,
+                                          chunk=run.chunk)
+    gap = other_cos - own
+    rows = np.flatnonzero(run.alive & (own < rule.candidate_max_cos) & (gap > rule.margin))
+    run.drop_images(rows, rule.name, gap[rows], [f"nearer {o} ({c:.3f} vs {m:.3f})"
+                                                 for o, c, m in zip(other[rows], other_cos[rows], own[rows])])
+
+
 def _groups(i: np.ndarray, j: np.ndarray, size: int) -> np.ndarray:
     """Connected components of the edges (i, j): each node's lowest-numbered node of its component."""
     comp = np.arange(size, dtype=np.int64)
@@ -281,7 +303,8 @@ def _min_images(run: _Run, rule: MinImages, subcentres, eval_sets) -> None:
     run.drop_identities(small, rule.name, counts[small], "")
 
 
-APPLY = {"subcenter": _subcenter, "intra": _intra, "inter": _inter, "overlap": _overlap, "min_images": _min_images}
+APPLY = {"subcenter": _subcenter, "intra": _intra, "nearest": _nearest, "inter": _inter, "overlap": _overlap,
+         "min_images": _min_images}
 
 
 def _check_inputs(store: FeatureStore, rules: Sequence[Rule], subcentres, eval_sets) -> None:

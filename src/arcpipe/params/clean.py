@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 
 from .base import PositiveInt, Section
 
-RuleName = Literal["subcenter", "intra", "inter", "overlap", "min_images"]
+RuleName = Literal["subcenter", "intra", "nearest", "inter", "overlap", "min_images"]
 
 
 class SubcenterRuleParams(Section):
@@ -25,6 +25,15 @@ class IntraRuleParams(Section):
     robust_cut: float = Field(default=0.25, ge=-1, le=1)
     # rounds of re-averaging without those images (0: the plain mean)
     passes: int = Field(default=2, ge=0)
+
+
+class NearestRuleParams(Section):
+    # off by default: the paper's MS1MV2 recipe has no such rule (the sample's noise calls for it)
+    enabled: bool = False
+    # images whose cosine to another identity's centre beats their own by more than this go
+    margin: float = Field(default=0.3, ge=0, le=2)
+    # ... and only when their cosine to their own centre is below this
+    candidate_max_cos: float = Field(default=0.5, ge=-1, le=1)
 
 
 class InterRuleParams(Section):
@@ -64,11 +73,13 @@ class CleanParams(Section):
     # into the metrics file too (arcpipe.clean.quality); null for real data sets
     ground_truth: Optional[str] = None
     # the order the rules run in, each exactly once (switch one off with its `enabled`)
-    order: list[RuleName] = Field(default_factory=lambda: ["subcenter", "intra", "inter", "overlap", "min_images"])
+    order: list[RuleName] = Field(default_factory=lambda: ["subcenter", "intra", "nearest", "inter", "overlap",
+                                                          "min_images"])
     # feature rows read at a time: memory is about 16 x chunk x dim bytes plus the (C, D) centres
     chunk: PositiveInt = 65536
     subcenter: SubcenterRuleParams = Field(default_factory=SubcenterRuleParams)
     intra: IntraRuleParams = Field(default_factory=IntraRuleParams)
+    nearest: NearestRuleParams = Field(default_factory=NearestRuleParams)
     inter: InterRuleParams = Field(default_factory=InterRuleParams)
     overlap: OverlapRuleParams = Field(default_factory=OverlapRuleParams)
     min_images: MinImagesRuleParams = Field(default_factory=MinImagesRuleParams)
