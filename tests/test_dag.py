@@ -159,3 +159,26 @@ def test_slurm_profile_takes_the_site_from_the_environment(tmp_path):
     for rule in ("train", "train_bootstrap"):
         (res,) = resources(rule)
         assert "slurm_partition=gpuq" in res and "gpu=0" in res, res
+
+
+def test_training_across_nodes_is_one_srun_task_per_node_and_gpus_per_node(tmp_path):
+    """train.nodes 2 x processes 8 on cuda: the job asks Slurm for 2 nodes, one task each and 8
+    GPUs on each (gres), and its shell starts the launchers with srun (the plugin's `mpi` contract:
+    it leaves the launching to the shell); one node asks for its processes as GPUs, no srun."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]' for the SLURM profile")
+    variant = tmp_path / "v.yaml"
+    variant.write_text(yaml.safe_dump({"train": {"device": "cuda", "processes": 8, "nodes": 2},
+                                       "train_bootstrap": {"device": "cuda", "processes": 4}}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm", "-n", "-F",
+                        "--configfile", str(variant), "--", "train"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    blocks = {rule: out.split(f"rule {rule}:")[1].split("\n\n")[0] for rule in ("train", "train_bootstrap")}
+    res = {rule: next(ln for ln in b.splitlines() if ln.strip().startswith("resources:")) for rule, b in blocks.items()}
+    for want in ("nodes=2", "tasks=2", "tasks_per_gpu=0", "mpi=srun", "gres=gpu:8"):
+        assert want in res["train"], res["train"]
+    assert "gpu=4" in res["train_bootstrap"] and "nodes=" not in res["train_bootstrap"], res["train_bootstrap"]
+    shells = {rule: [ln.split("Shell command:", 1)[1].strip() for ln in out.splitlines()
+                     if "Shell command:" in ln and f"scripts/{rule}.py --params" in ln] for rule in blocks}
+    assert shells["train"] and all(c.startswith("srun --nodes 2 --ntasks-per-node 1 ") for c in shells["train"]), shells
+    assert shells["train_bootstrap"] and not any(c.startswith("srun") for c in shells["train_bootstrap"]), shells

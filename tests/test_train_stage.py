@@ -203,6 +203,31 @@ def test_two_gloo_ranks_train_with_one_backbone(tmp_path, pack):
     assert r.returncode != 0 and "does not divide over 2 ranks" in r.stderr
 
 
+def test_train_processes_start_their_own_ranks_and_a_wrong_world_is_refused(tmp_path, pack):
+    """train.processes 2 under plain `python scripts/train.py`: the stage starts torchrun itself (a
+    2-rank world, rank 1 in its own log); under a torchrun whose world is not processes x nodes it
+    stops with one line; nodes 2 outside srun says how to start it."""
+    (tmp_path / "pack").symlink_to(pack)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    env.update(TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    script = str(REPO / "scripts" / "train.py")
+    r = subprocess.run([sys.executable, script, "--params", str(write_params(tmp_path, epochs=1, processes=2,
+                                                                              export=["torchscript"]))],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "starting 2 ranks (2 here)" in r.stderr and "--standalone" in r.stderr
+    info = json.loads((tmp_path / "models" / "train" / "train.json").read_text())
+    assert info["world_size"] == 2 and (tmp_path / "logs" / "train.rank1.log").is_file()
+
+    under = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script, "--params"]
+    r = subprocess.run(under + [str(write_params(tmp_path, epochs=1, processes=4))], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "2 ranks started, params ask for 4 (train.processes 4 x train.nodes 1)" in r.stderr
+    r = subprocess.run([sys.executable, script, "--params", str(write_params(tmp_path, nodes=2))], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "train.nodes 2: start one launcher per node, under srun" in r.stderr, r.stderr
+
+
 def test_train_bootstrap_is_the_train_stage_on_its_own_section(tmp_path, monkeypatch, pack, capsys):
     """train_bootstrap: sub-center ArcFace (K = 3) by default, its own folders, its own key names."""
     root = _setup(tmp_path, monkeypatch, pack)

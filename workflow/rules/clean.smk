@@ -5,10 +5,6 @@
 FEATURES = config["features"]["out_dir"]
 
 
-def _bootstrap_gpus():
-    return 1 if str(config["train_bootstrap"]["device"]).startswith("cuda") else 0
-
-
 rule train_bootstrap:
     input:
         script="scripts/train_bootstrap.py",
@@ -22,13 +18,14 @@ rule train_bootstrap:
         plots=directory(f"{config['train_bootstrap']['live_dir']}/plots/metrics"),
     params:
         train_bootstrap=config["train_bootstrap"],
+        launcher=train_launcher("train_bootstrap"),
     threads: max(1, config["train_bootstrap"]["workers"])
     resources:
-        gpu=_bootstrap_gpus(),
+        **train_resources("train_bootstrap"),
     log:
         "logs/snakemake/train_bootstrap.log",
     shell:
-        "{PY} scripts/train_bootstrap.py --params {PARAMS_FILE} > {log} 2>&1"
+        "{params.launcher}{PY} scripts/train_bootstrap.py --params {PARAMS_FILE} > {log} 2>&1"
 
 
 def _feature_source(wildcards):

@@ -20,6 +20,27 @@ PY = sys.executable  # the interpreter running Snakemake, which has arcpipe (imp
 DATASETS = sorted(PARAMS.detect.datasets)
 
 
+
+def train_resources(section):
+    """What a train section's job asks of the scheduler. One node: its GPUs (train.processes when
+    the device is cuda). Several: one task per node, which the rule's shell starts with srun
+    (`mpi`: the SLURM plugin then leaves the launching to the shell), each node's GPUs as gres."""
+    p = getattr(PARAMS, section)
+    cuda = p.device.startswith("cuda")
+    if p.nodes == 1:
+        return {"gpu": p.processes if cuda else 0}
+    res = {"nodes": p.nodes, "tasks": p.nodes, "tasks_per_gpu": 0, "mpi": "srun"}
+    if cuda:
+        res["gres"] = f"gpu:{p.processes}"
+    return res
+
+
+def train_launcher(section):
+    """The shell's prefix: across nodes, one `python scripts/<stage>.py` per node (it starts that
+    node's torchrun, which meets the others at the c10d rendezvous on the first node)."""
+    p = getattr(PARAMS, section)
+    return "" if p.nodes == 1 else f"srun --nodes {p.nodes} --ntasks-per-node 1 "
+
 # Provenance across engines. Snakemake reruns a job when an input is newer than its outputs (or
 # its own metadata says params changed), but it has no metadata for outputs that `dvc repro`
 # built, so a variant run after DVC would find "Nothing to be done". Every rule therefore takes

@@ -3,10 +3,6 @@
 # the job, and a job started again after a crash resumes from it.
 
 
-def _train_gpus():
-    return 1 if str(config["train"]["device"]).startswith("cuda") else 0
-
-
 rule train:
     input:
         script="scripts/train.py",
@@ -20,10 +16,11 @@ rule train:
         plots=directory(f"{config['train']['live_dir']}/plots/metrics"),
     params:
         train=config["train"],
+        launcher=train_launcher("train"),
     threads: max(1, config["train"]["workers"])
     resources:
-        gpu=_train_gpus(),
+        **train_resources("train"),
     log:
         "logs/snakemake/train.log",
     shell:
-        "{PY} scripts/train.py --params {PARAMS_FILE} > {log} 2>&1"
+        "{params.launcher}{PY} scripts/train.py --params {PARAMS_FILE} > {log} 2>&1"

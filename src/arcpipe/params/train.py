@@ -53,6 +53,14 @@ class TrainParams(Section):
     # must equal the pack's `property` when given; null: read it from there
     num_classes: Optional[PositiveInt] = None
     device: str = "cpu"
+    # ranks per machine (one per GPU): above 1, `python scripts/train.py` starts them itself through
+    # torchrun (--standalone); under torchrun already, it must equal --nproc-per-node
+    processes: PositiveInt = 1
+    # machines: above 1, one launcher per node under srun (the Snakemake rule starts them;
+    # by hand: `srun --nodes N --ntasks-per-node 1 python scripts/train.py ...`), c10d rendezvous
+    # on the first node of the allocation at rendezvous_port
+    nodes: PositiveInt = 1
+    rendezvous_port: int = Field(default=29500, ge=1024, le=65535)
     backbone: BackboneParams = Field(default_factory=BackboneParams)
     head: HeadParams = Field(default_factory=HeadParams)
     # global batch over all ranks (each rank takes batch_size / world size)

@@ -1,6 +1,7 @@
 """Train the face embedding (ArcFace and its relatives) on the pack stage's train.rec: models/train/.
 
-    python scripts/train.py                                  # one process (CPU or one GPU)
+    python scripts/train.py                                  # one process (CPU or one GPU), or
+                                                             # train.processes x train.nodes ranks it starts
     torchrun --standalone --nproc-per-node N scripts/train.py   # DDP on one machine (NCCL / gloo)
     torchrun --nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT ... scripts/train.py
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from ..errors import PipelineError
 from ..fsutil import atomic_path, write_json_atomic
 from ..recordio import read_property
 from ..train import dist
+from ..train.launch import check_world, launcher_command
 
 __all__ = ["run"]
 
@@ -134,7 +136,11 @@ def run_section(ctx, p) -> dict[str, Any]:
         ctx.require_path(f"{ctx.name}.pack_dir", pack / f)
     num_classes = _class_count(ctx, p, pack)
     verify_paths = {n: ctx.require_path(f"{ctx.name}.verification.{n}", v) for n, v in p.verification.items()}
+    started = _start_ranks(ctx, p)
+    if started is not None:
+        return started
     place = dist.setup(p.device, section=ctx.name)
+    check_world(ctx.name, p, place.world_size)
     try:
         if not place.main:
             _quiet_other_ranks(ctx, place)
@@ -154,6 +160,28 @@ def run_section(ctx, p) -> dict[str, Any]:
         return counts
     finally:
         dist.teardown(place)
+
+
+def _start_ranks(ctx, p) -> Optional[dict[str, Any]]:
+    """Where params ask for more ranks than this one process (train.processes, train.nodes), run
+    them through torchrun and wait; None: this process trains (it is a rank, or the only one)."""
+    import subprocess
+
+    from .code import REPO
+
+    args = ["--params", *ctx.params_files]
+    if getattr(ctx.args, "workers", None) is not None:
+        args += ["--workers", str(ctx.args.workers)]
+    cmd = launcher_command(ctx.name, p, str(REPO / "scripts" / f"{ctx.name}.py"), args)
+    if cmd is None:
+        return None
+    ranks = p.processes * p.nodes
+    ctx.log.info("starting %d ranks (%d here): %s", ranks, p.processes, " ".join(cmd))
+    code = subprocess.run(cmd).returncode
+    if code:
+        raise PipelineError(f"{ctx.name}: the ranks torchrun started failed (exit {code}); rank 0 logs to "
+                            f"logs/{ctx.name}.log, the others to logs/{ctx.name}.rank<R>.log")
+    return {"launched": ranks, "world_size": ranks, "processes_here": p.processes}
 
 
 def _export(ctx, p, result: dict, untrained, num_classes: int, verify_paths: dict) -> list[str]:
