@@ -226,8 +226,11 @@ def test_listing_is_kept_when_unchanged_and_rebuilt_when_the_source_changes(tmp_
 
 
 def logged_summary(root: Path, stage: str) -> dict:
-    """The summary the last run of `stage` logged (it says how the run went: parts reused...)."""
-    last = [ln for ln in (root / "logs" / f"{stage}.log").read_text().splitlines() if " summary: " in ln][-1]
+    """The summary the last run of `stage` logged (it says how the run went: parts reused...), in
+    logs/<stage>.log or, for a run with --dataset, logs/<stage>.<dataset>.log."""
+    logs = [p for p in (root / "logs").glob(f"{stage}*.log") if p.name.split(".")[0] == stage and ".shard" not in p.name]
+    log = max(logs, key=lambda p: p.stat().st_mtime_ns)
+    last = [ln for ln in log.read_text().splitlines() if " summary: " in ln][-1]
     return json.loads(last.split(" summary: ", 1)[1])
 
 

@@ -34,9 +34,10 @@ BIN = Path(sys.executable).parent
 TARGETS = ["pack", "evalpack"]
 # detect and align in 2 shards; one worker each, so the node's 2 CPUs run 2 jobs at once
 SHARDED = {"detect": {"shards": 2, "workers": 1}, "align": {"shards": 2, "workers": 1}}
-# the fault: the stage log of align's shard 1 is a folder, so every align shard-1 job fails
-# (its logger cannot open the file) and nothing else does
-POISON = "logs/align.shard001of002.log"
+# the fault: the stage log of align's shard 1 of each data set is a folder, so every align
+# shard-1 job fails (its logger cannot open the file) and nothing else does
+DATASETS = sorted(yaml.safe_load((REPO / "params.yaml").read_text())["detect"]["datasets"])
+POISON = [f"logs/align.{d}.shard001of002.log" for d in DATASETS]
 
 
 def _unavailable() -> str | None:
@@ -139,7 +140,8 @@ def test_data_stages_on_slurm_match_a_local_run(tmp_path, local_run, cluster):
     fast = ["--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", "--slurm-status-command", "squeue",
             "--latency-wait", "5", "--retries", "1"]
     args = ["--profile", "workflow/profiles/slurm", *fast]
-    (root / POISON).mkdir(parents=True)
+    for p in POISON:
+        (root / p).mkdir(parents=True)
 
     t0 = time.monotonic()
     code, log1, s1 = _snakemake(root, args, env)
@@ -157,7 +159,8 @@ def test_data_stages_on_slurm_match_a_local_run(tmp_path, local_run, cluster):
     assert [p.name for p in parts] == ["part-00000-of-00002.parquet"] * 5  # shard 1 failed, shard 0 kept
     kept = {p: p.stat().st_mtime_ns for p in (root / "data").rglob("*") if p.is_file()}
 
-    (root / POISON).rmdir()
+    for p in POISON:
+        (root / p).rmdir()
     code, plan, _ = _snakemake(root, [*args, "--dry-run"], env)
     assert code == 0, plan[-3000:]
     assert _job_stats(plan) == {"align_part": 5, "align": 5, "pack": 1, "evalpack": 1}, plan[-3000:]

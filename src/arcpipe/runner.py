@@ -118,7 +118,8 @@ class StageContext:
         return rec
 
 
-def setup_logging(name: str, log_dir: str | os.PathLike = "logs", shard: Optional[tuple[int, int]] = None) -> logging.Logger:
+def setup_logging(name: str, log_dir: str | os.PathLike = "logs", shard: Optional[tuple[int, int]] = None,
+                  dataset: Optional[str] = None) -> logging.Logger:
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"arcpipe.{name}")
     logger.setLevel(logging.INFO)
@@ -127,7 +128,7 @@ def setup_logging(name: str, log_dir: str | os.PathLike = "logs", shard: Optiona
         logger.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    fh = logging.FileHandler(_log_path(name, shard, str(log_dir)), mode="a", encoding="utf-8")
+    fh = logging.FileHandler(_log_path(name, shard, str(log_dir), dataset), mode="a", encoding="utf-8")
     fh.setFormatter(fmt)
     sh = logging.StreamHandler(sys.stderr)
     sh.setFormatter(logging.Formatter(f"{name}: %(message)s"))
@@ -164,7 +165,8 @@ def run_stage(
     except PipelineError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
-    logger = setup_logging(name, shard=shard)
+    dataset = getattr(args, "dataset", None)  # the data set stages' --dataset: one log per set and shard
+    logger = setup_logging(name, shard=shard, dataset=dataset)
     section = getattr(params, name.split("_")[0], None)
     configured = getattr(section, "workers", None)
     workers = args.workers if args.workers is not None else (configured or 1)
@@ -191,7 +193,8 @@ def run_stage(
         _to_file(logger, logging.ERROR, "unexpected error%s:\n%s", where, traceback.format_exc())
         msg = " ".join(str(e).split()) or "(no message)"
         print(f"{name}: error: unexpected {type(e).__name__}{where}: {msg[:300]} "
-              f"(traceback in {_log_path(name, shard)}; nothing half-written was left)", file=sys.stderr)
+              f"(traceback in {_log_path(name, shard, dataset=dataset)}; nothing half-written was left)",
+              file=sys.stderr)
         code = 1
     seconds = round(time.time() - ctx.started, 3)
     _record_timing(ctx, seconds, code)
@@ -202,9 +205,12 @@ def run_stage(
     return 0
 
 
-def _log_path(name: str, shard: Optional[tuple[int, int]], log_dir: str = "logs") -> Path:
+def _log_path(name: str, shard: Optional[tuple[int, int]], log_dir: str = "logs",
+              dataset: Optional[str] = None) -> Path:
+    """logs/<stage>[.<dataset>][.shardIIIofKKK].log: the jobs that may run at once never share a file."""
+    stem = name if not dataset else f"{name}.{dataset}"
     suffix = "" if shard is None else f".shard{shard[0]:03d}of{shard[1]:03d}"
-    return Path(log_dir) / f"{name}{suffix}.log"
+    return Path(log_dir) / f"{stem}{suffix}.log"
 
 
 def _to_file(logger: logging.Logger, level: int, msg: str, *args) -> None:
