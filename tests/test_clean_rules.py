@@ -233,3 +233,39 @@ def test_nearest_takes_the_image_of_another_person_and_nothing_else(store):
     assert clean(st, [Nearest(margin=1.5, candidate_max_cos=0.5)], chunk=16).removed.empty
     with pytest.raises(ValueError, match=r"nearest.margin: -0.1"):
         Nearest(margin=-0.1)
+
+
+_CHAIN_IN_A_PROCESS = """
+import hashlib, sys
+import numpy as np
+from arcpipe.clean.rules import EvalSet, Inter, Intra, MinImages, Nearest, Overlap, clean
+from arcpipe.clean.store import FeatureStore, FeatureWriter
+rng = np.random.default_rng(0)
+c, n, d = 120, 20, 128
+labels = np.repeat(np.arange(c), n)
+x = rng.standard_normal((c, d))[labels] + 1.2 * rng.standard_normal((c * n, d))
+with FeatureWriter(sys.argv[1], d) as w:
+    w.append([f"k{i}" for i in range(len(x))], labels, x.astype(np.float32))
+ev = [EvalSet("e", np.random.default_rng(1).standard_normal((50, d)), [f"e{i}" for i in range(50)])]
+res = clean(FeatureStore(sys.argv[1]), [Intra(0.1), Nearest(0.05, 0.9), Inter(0.3), Overlap(0.1), MinImages(2)],
+            eval_sets=ev)
+print(hashlib.sha256(res.removed.to_csv().encode()).hexdigest())
+"""
+
+
+def test_the_removal_table_does_not_depend_on_the_blas_thread_count(tmp_path):
+    """Snakemake runs a job with OMP_NUM_THREADS = its threads, DVC leaves it unset; a threaded
+    OpenBLAS then picks other kernels and the scores differed in their last bits (seen on the
+    sample's removals.parquet). The rules run on one BLAS thread whatever the environment says."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        r = subprocess.run([sys.executable, "-c", _CHAIN_IN_A_PROCESS, str(tmp_path / f"s{threads}")], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests.append(r.stdout.strip())
+    assert digests[0] == digests[1]

@@ -329,15 +329,21 @@ def _check_inputs(store: FeatureStore, rules: Sequence[Rule], subcentres, eval_s
 def clean(store: FeatureStore, rules: Sequence[Rule], *, subcentres: Optional[np.ndarray] = None,
           eval_sets: Sequence[EvalSet] = (), chunk: int = CHUNK) -> CleanResult:
     """Apply `rules` in order to the images of `store`; see the module docstring for what each sees."""
+    from threadpoolctl import threadpool_limits
+
     _check_inputs(store, rules, subcentres, eval_sets)
     run = _Run(store, chunk)
     seconds: dict[str, float] = {}
-    for r in rules:
-        t0 = time.perf_counter()
-        APPLY[r.name](run, r, subcentres, eval_sets)
-        seconds[r.name] = round(time.perf_counter() - t0, 3)
-        log.info("clean %s: %d images and %d identities left (%.1f s)", r.name, run.alive.sum(),
-                 (run.counts() > 0).sum(), seconds[r.name])
+    # One BLAS thread: a multi-threaded OpenBLAS picks other kernels for other thread counts, and the
+    # scores would differ in their last bits between engines (Snakemake sets OMP_NUM_THREADS to a
+    # job's threads, DVC leaves it unset): the same inputs must give the same removal table.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for r in rules:
+            t0 = time.perf_counter()
+            APPLY[r.name](run, r, subcentres, eval_sets)
+            seconds[r.name] = round(time.perf_counter() - t0, 3)
+            log.info("clean %s: %d images and %d identities left (%.1f s)", r.name, run.alive.sum(),
+                     (run.counts() > 0).sum(), seconds[r.name])
     return _result(run, rules, seconds)
 
 
