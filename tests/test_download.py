@@ -384,3 +384,43 @@ def test_the_stage_writes_summary_and_manifest(tmp_path, server, log):
     assert summary["stage"] == "download" and summary["bytes"] == len(DATA) and "fetched" not in summary
     assert (tmp_path / "dl/manifest.json").is_file()
     assert download_stage.run(ctx)["present"] == ["a"] and len(server.requests) == 1
+
+
+def test_a_package_url_copies_the_installed_file_and_never_links_it(tmp_path, log):
+    from arcpipe.photos import SAMPLE_PHOTOS, package_url, sample_photo
+
+    name = "photo_tom_hanks"
+    src = sample_photo(name)
+    want = src.read_bytes()
+    res = download_all(section(tmp_path, t={"url": package_url(name), "sha256": sha(want), "size": len(want)}), log)
+    got = tmp_path / "dl/t" / Path(SAMPLE_PHOTOS[name][1]).name
+    assert res["fetched"] == ["t"] and got.read_bytes() == want
+    assert os.stat(got).st_ino != os.stat(src).st_ino  # a copy: our cache's chmod never reaches site-packages
+
+
+@pytest.mark.parametrize("url, message", [
+    ("package://no_such_package_here/data/x.bin", r"package 'no_such_package_here' is not installed"),
+    ("package://insightface/../etc/passwd", r"a package URL is package://<package>/<path inside it>"),
+    ("package://insightface", r"a package URL is package://<package>/<path inside it>"),
+])
+def test_a_bad_package_url_is_one_line_before_anything_is_fetched(tmp_path, log, url, message):
+    with pytest.raises(PipelineError, match=message) as e:
+        download_all(section(tmp_path, bad={"url": url, "sha256": sha(DATA), "dest": "x.bin"}), log)
+    assert "\n" not in str(e.value) and str(e.value).startswith("data set bad: ")
+    assert not (tmp_path / "dl").exists()
+
+
+def test_one_set_per_stage_writes_its_manifest_and_summary_in_its_folder(tmp_path, server, log):
+    server.files["/a.bin"] = DATA
+    server.files["/b.bin"] = DATA[:1000]
+    params = _WithDownload(download=section(tmp_path, a={"url": server.url("/a.bin"), "sha256": sha(DATA)},
+                                            b={"url": server.url("/b.bin"), "sha256": sha(DATA[:1000])}))
+    ctx = StageContext("download", params, [], None, 1, argparse.Namespace(dataset="b"), log)
+    counts = download_stage.run(ctx)
+    assert counts["fetched"] == ["b"] and counts["in"] == 1
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["b"]  # a is another stage's
+    assert list(json.loads((tmp_path / "dl/b/manifest.json").read_text())["datasets"]) == ["b"]
+    assert json.loads((tmp_path / "dl/b/summary.json").read_text())["bytes"] == 1000
+    ctx = StageContext("download", params, [], None, 1, argparse.Namespace(dataset="c"), log)
+    with pytest.raises(PipelineError, match=r"^--dataset c: not in download\.datasets \(a, b\)$"):
+        download_stage.run(ctx)

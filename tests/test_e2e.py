@@ -85,13 +85,13 @@ def test_dvc_repro_builds_everything(dvc_run):
     assert metrics["pairs"] > 0
     # every stage that ran logs its summary last (report may be up to date already: its input,
     # metrics/, and its output, reports/, are in git and the same bytes come out again)
-    for stage in ("sample", "detect", "align", "pack", "evalpack", "train_bootstrap", "features", "clean",
-                  "pack_clean", "train", "evaluate", "report"):
+    for stage in ("download", "sample", "detect", "align", "pack", "evalpack", "train_bootstrap", "features",
+                  "clean", "pack_clean", "train", "evaluate", "report"):
         log = root / "logs" / f"{stage}.log"
         if stage == "report" and not log.exists():
             assert "Stage 'report' didn't change, skipping" in repro_log, stage
             continue
-        if stage in ("detect", "align", "features"):  # one log per data set (--dataset NAME)
+        if stage in ("download", "detect", "align", "features"):  # one log per data set (--dataset NAME)
             logs = sorted((root / "logs").glob(f"{stage}.*.log"))
             assert len(logs) >= 2 and not log.exists(), (stage, logs)
             for one in logs:

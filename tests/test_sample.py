@@ -1,7 +1,8 @@
 """The embedded sample: deterministic bytes, real-format layouts, and ground truth that matches.
 
-One small sample (scale 0.5) is built three times: seed 0 through the stage script in a fresh
-process, seed 0 again in-process, seed 1 in-process.
+One small sample (scale 0.5) is built three times: seed 0 through the download and sample stage
+scripts in a fresh process (the photos fetched as params.yaml lists them, checksums and all), seed 0
+again in-process from the installed wheels, seed 1 in-process.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"scale": 0.5, "images_per_identity": 6, "megaface_distractors": 24}
 
 
-def _params_file(path: Path, out_dir: Path, **over) -> Path:
-    path.write_text(yaml.safe_dump({"sample": {"out_dir": str(out_dir), **SMALL, **over}}))
+def _params_file(path: Path, out_dir: Path, download: dict | None = None, **over) -> Path:
+    doc = {"sample": {"out_dir": str(out_dir), **SMALL, **over}}
+    if download is not None:
+        doc["download"] = download
+    path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def _repo_download(out_dir: Path) -> dict:
+    """params.yaml's download section (the sample's photos), into out_dir."""
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["download"]
+    return {**section, "out_dir": str(out_dir)}
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -41,7 +52,10 @@ def _digests(root: Path) -> dict[str, str]:
 def samples(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sample")
     a = tmp / "a"
-    pfile = _params_file(tmp / "a.yaml", a)
+    pfile = _params_file(tmp / "a.yaml", a, download=_repo_download(tmp / "dl"))
+    got = subprocess.run([sys.executable, str(ROOT / "scripts" / "download.py"), "--params", str(pfile)],
+                         cwd=tmp, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-2000:]
     # the stage script in its own process, while this one builds the other two
     err = tmp / "stderr.txt"
     with open(err, "w") as fh:   # a file, not a pipe: a full pipe would stall the child
@@ -459,3 +473,23 @@ def test_impossible_request_leaves_no_output(tmp_path):
     assert rc == 2
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_the_stage_took_its_photos_from_the_download_stage(samples):
+    assert "photos: 9 files from " in samples["stderr"] and "the download stage's, checksummed" in samples["stderr"]
+
+
+def test_photos_listed_but_not_downloaded_or_half_listed_are_one_line(tmp_path):
+    out = tmp_path / "out"
+    section = _repo_download(tmp_path / "dl")
+    runs = {
+        "missing": (section, r"photo_t1/t1\.jpg is missing: run the download stage first"),
+        "half": ({**section, "datasets": {"photo_t1": section["datasets"]["photo_t1"]}},
+                 r"lists some of the sample's photos but not photo_tom_hanks"),
+    }
+    for what, (download, message) in runs.items():
+        pfile = _params_file(tmp_path / f"{what}.yaml", out, download=download)
+        r = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), "--params", str(pfile)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and re.search(message, r.stderr), (what, r.stderr[-1500:])
+        assert not out.exists(), what

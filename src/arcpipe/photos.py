@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -17,6 +18,37 @@ def package_dir(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise PipelineError(f"package '{name}' is not installed (the real photos we use ship in it)")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+# The files the embedded sample is made from, as data sets of params `download` (one file each,
+# url package://<package>/<path>, sha256 pinned): the download stage brings them into
+# <download.out_dir>/<set>/ and the sample stage reads them from there.
+SAMPLE_PHOTOS: dict[str, tuple[str, str]] = {
+    "photo_t1": ("insightface", "data/images/t1.jpg"),
+    "photo_tom_hanks": ("insightface", "data/images/Tom_Hanks_54745.png"),
+    "photo_mask_black": ("insightface", "data/images/mask_black.jpg"),
+    "photo_mask_blue": ("insightface", "data/images/mask_blue.jpg"),
+    "photo_mask_green": ("insightface", "data/images/mask_green.jpg"),
+    "photo_mask_white": ("insightface", "data/images/mask_white.jpg"),
+    "photo_astronaut": ("skimage", "data/astronaut.png"),
+    "photo_lfw_subset": ("skimage", "data/lfw_subset.npy"),
+    "photo_grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+}
+
+
+def sample_photo(name: str, root: Optional[str | Path] = None) -> Path:
+    """Where the sample's photo `name` (a key of SAMPLE_PHOTOS) is: <root>/<name>/<file> when the
+    download stage brought it into `root`, else the file in its installed package."""
+    package, rel = SAMPLE_PHOTOS[name]
+    if root is None:
+        return package_dir(package) / rel
+    return Path(root) / name / Path(rel).name
+
+
+def package_url(name: str) -> str:
+    """The download url of the sample's photo `name`: package://<package>/<path>."""
+    package, rel = SAMPLE_PHOTOS[name]
+    return f"package://{package}/{rel}"
 
 
 def read_bgr(path: Path) -> np.ndarray:

@@ -6,6 +6,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from arcpipe.params import ParamsError, validate
+from arcpipe.photos import SAMPLE_PHOTOS  # the download stage's sets the sample is made from
 from arcpipe.runner import write_params_snapshot
 from arcpipe.stages.code import stage_code  # the code each rule runs (an input, so code changes rerun it)
 
@@ -142,17 +143,33 @@ def _canon(value):
     return json.dumps(value, sort_keys=True, default=str)
 
 
-_DVCIGNORED = re.compile(r"data/[^/]+/[^/]+/parts")  # .dvcignore's /data/*/*/parts/ (shard scratch)
+@cache
+def _dvcignore():
+    """.dvcignore as DVC reads it (git's wildmatch patterns, through pathspec as DVC does)."""
+    import pathspec
+
+    try:
+        with open(".dvcignore") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _ignored(path, is_dir):
+    rel = os.path.normpath(path).replace(os.sep, "/")
+    return _dvcignore().match_file(rel + "/" if is_dir else rel)
 
 
 def _files(path):
-    """(relpath, path) of every file of an output, as DVC walks a directory (.dvcignore's rule)."""
+    """(relpath, path) of every file of an output, as DVC walks a directory (.dvcignore applied)."""
     if not os.path.isdir(path):
         return [("", path)]
     found = []
     for d, dirs, names in os.walk(path):
-        dirs[:] = [x for x in dirs if not _DVCIGNORED.fullmatch(os.path.normpath(os.path.join(d, x)).replace(os.sep, "/"))]
-        found.extend((os.path.relpath(os.path.join(d, n), path).replace(os.sep, "/"), os.path.join(d, n)) for n in names)
+        dirs[:] = [x for x in dirs if not _ignored(os.path.join(d, x), True)]
+        found.extend((os.path.relpath(os.path.join(d, n), path).replace(os.sep, "/"), os.path.join(d, n))
+                     for n in names if not _ignored(os.path.join(d, n), False))
     return sorted(found)
 
 

@@ -1,7 +1,8 @@
-# sample -> detect -> align -> pack / evalpack. Large stages shard: with <stage>.shards = K > 1,
+# download -> sample -> detect -> align -> pack / evalpack. Large stages shard: with <stage>.shards = K > 1,
 # one job per shard (`--shard I/K`) writes a part, and the job without --shard merges the parts;
 # detect's shard jobs start from one listing of the source (detect_list, `--list`).
 
+DOWNLOAD = config["download"]["out_dir"]
 DETECT = config["detect"]["out_dir"]
 ALIGN = config["align"]["out_dir"]
 
@@ -38,11 +39,33 @@ def _listing(shards):
     return (lambda w: [f"{DETECT}/{w.dataset}/listing.parquet"]) if shards > 1 else []
 
 
+rule download:
+    input:
+        script="scripts/download.py",
+        code=stage_code("download"),
+        sections=section_input("download"),
+    output:
+        directory(f"{DOWNLOAD}/{{dataset}}"),
+    params:
+        dataset=lambda w: config["download"]["datasets"][w.dataset],
+    log:
+        "logs/snakemake/download_{dataset}.log",
+    shell:
+        "{PY} scripts/download.py --params {PARAMS_FILE} --dataset {wildcards.dataset} > {log} 2>&1"
+
+
+def sample_photos(wildcards):
+    """The download stage's photo folders when params list them (else the sample reads the wheels)."""
+    listed = config["download"].get("datasets") or {}
+    return [f"{DOWNLOAD}/{name}" for name in SAMPLE_PHOTOS if name in listed]
+
+
 rule sample:
     input:
         script="scripts/sample.py",
         code=stage_code("sample"),
         sections=section_input("sample"),
+        photos=sample_photos,
     output:
         directory(config["sample"]["out_dir"]),
     params:

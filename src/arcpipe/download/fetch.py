@@ -7,7 +7,8 @@
 Sources: http(s) with the standard library (Range requests resume `<dest>.part`; a server that
 answers 200 to a Range restarts it from 0), file: URLs and plain paths (hard-linked where the
 file system allows, else copied), and any other protocol through fsspec where its plugin is
-importable. A failed transfer is retried `retries` times, waiting backoff_s, 2*backoff_s, ...;
+importable; package://<package>/<path>, a file inside an installed Python package (copied).
+A failed transfer is retried `retries` times, waiting backoff_s, 2*backoff_s, ...;
 the .part file stays between attempts and between runs. The size (when given) and the sha256
 are checked on the .part file, which is then renamed onto dest; a mismatch removes it.
 """
@@ -76,11 +77,33 @@ def resolve_source(url: str, timeout_s: float) -> Source:
             raise PipelineError(f"{url}: a file URL names a local file: file:relative/path or file:///absolute/path")
         path = Path(unquote(parts.path))
         return Source(url, lambda part, size, bar: _local_transfer(path, part, bar))
+    if scheme == "package":
+        path = _package_file(url, parts)
+        return Source(url, lambda part, size, bar: _local_transfer(path, part, bar, link=False))
     if not scheme or (len(scheme) == 1 and os.name == "nt"):  # a plain path (C:\... on Windows)
         path = Path(url)
         return Source(url, lambda part, size, bar: _local_transfer(path, part, bar))
     fs, fs_path = _fsspec(url, scheme)
     return Source(url, lambda part, size, bar: _fsspec_transfer(fs, fs_path, part, bar))
+
+
+def _package_file(url: str, parts) -> Path:
+    """package://<package>/<path>: a file inside an installed Python package (found without
+    importing it), i.e. the file: URL of that file in this environment's site-packages. The
+    embedded sample's photos come this way: their place differs from one machine to the next."""
+    import importlib.util
+
+    name, rel = parts.netloc, unquote(parts.path).lstrip("/")
+    if not name or not rel or any(p in ("", ".", "..") for p in rel.split("/")):
+        raise PipelineError(f"{url}: a package URL is package://<package>/<path inside it>")
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(f"{url}: package '{name}' is not installed (pip install it, or point the url "
+                            f"at a copy of the file)")
+    return Path(list(spec.submodule_search_locations)[0]) / rel
 
 
 def _fsspec(url: str, protocol: str) -> tuple[Any, str]:
@@ -217,17 +240,20 @@ def _http_refusal(e: urllib.error.HTTPError, offset: int, part: Path) -> None:
         raise _Fail(f"HTTP {e.code} {e.reason}")
 
 
-def _local_transfer(path: Path, part: Path, bar: tqdm) -> None:
+def _local_transfer(path: Path, part: Path, bar: tqdm, link: bool = True) -> None:
+    """Copy a local file to `part`; `link`: a hard link where the file system allows (never for
+    a file of an installed package: a link would share its inode, and so its mode, with our copy)."""
     if not path.is_file():
         raise _Fail(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     part.unlink(missing_ok=True)
     total = path.stat().st_size
-    try:
-        os.link(path, part)  # the same bytes at no cost; verify still reads them
-        _restart(bar, total, total)
-        return
-    except OSError:  # another file system, or links not allowed: copy
-        pass
+    if link:
+        try:
+            os.link(path, part)  # the same bytes at no cost; verify still reads them
+            _restart(bar, total, total)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            pass
     _restart(bar, total, 0)
     with open(path, "rb") as src, open(part, "wb") as out:
         _copy(src.read, out, bar)

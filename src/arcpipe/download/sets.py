@@ -55,10 +55,12 @@ def extract_dir(name: str, item: DownloadItem, file: str) -> Optional[str]:
 
 
 def download_all(section: DownloadParams, log: Optional[logging.Logger] = None,
-                 working_on: Optional[Callable[[str], ContextManager]] = None) -> dict:
+                 working_on: Optional[Callable[[str], ContextManager]] = None,
+                 manifest: Optional[Path] = None) -> dict:
     """Bring every data set of `section` into out_dir; raise PipelineError when any is missing.
 
-    `working_on(what)` (the stage's ctx.working_on) names the set in hand for an unexpected error.
+    `working_on(what)` (the stage's ctx.working_on) names the set in hand for an unexpected error;
+    `manifest`: where the manifest goes (default <out_dir>/manifest.json).
     """
     log = log or logging.getLogger("arcpipe.download")
     working_on = working_on or (lambda what: contextlib.nullcontext())
@@ -89,7 +91,7 @@ def download_all(section: DownloadParams, log: Optional[logging.Logger] = None,
         raise PipelineError(f"{len(by_hand)} data set{'s' if len(by_hand) > 1 else ''} to place by hand: "
                             f"{', '.join(name for name, _ in by_hand)} "
                             f"(each line above says where to get it and where to put it)")
-    write_json_atomic(out / "manifest.json", {"datasets": entries})
+    write_json_atomic(manifest or out / "manifest.json", {"datasets": entries})
     return {"datasets": entries, "fetched": fetched, "present": present}
 
 

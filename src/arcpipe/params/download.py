@@ -13,8 +13,10 @@
           path: downloads/faces_emore.zip      # where the user puts it (relative to the working directory)
           sha256: 4567...89
 
-A url is http(s), file: (file:rel/path, file:///abs/path), a plain local path, or any protocol
-fsspec has a plugin for (s3://, gs://, ...).
+A url is http(s), file: (file:rel/path, file:///abs/path), a plain local path,
+package://<package>/<path> (a file inside an installed Python package: the embedded sample's
+photos, params.yaml's photo_* sets), or any protocol fsspec has a plugin for (s3://, gs://, ...).
+Each set is one stage of the DAG, download@NAME, whose output is <out_dir>/NAME/.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The real photographs the sample starts from, all shipped inside installed wheels.
+"""The real photographs the sample starts from, all shipped inside installed wheels (the download
+stage copies them, checksummed, into data/download/photo_*/: arcpipe.photos.SAMPLE_PHOTOS).
 
 Faces: the insightface wheel's group photo (t1.jpg) and Tom_Hanks_54745.png, scikit-image's
 astronaut and the 100 face crops of its lfw_subset, matplotlib's grace_hopper.jpg.
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import cv2
 import numpy as np
 
 from ..align.transform import similarity_lstsq, transform_points
 from ..errors import PipelineError
-from ..photos import grace_hopper_path, insightface_images, read_bgr
+from ..photos import read_bgr, sample_photo
 
 CANVAS = 400
 # The ArcFace 112 template (left eye, right eye, nose, mouth left, mouth right) scaled by 1.5 and
@@ -41,28 +43,32 @@ class BaseFace:
     low_res: bool      # upscaled from a tiny crop
 
 
-def raw_photos() -> list[tuple[str, np.ndarray, bool]]:
-    """(name, BGR image, is_tiny_crop) for every face photo, in a fixed order."""
-    import skimage.data
-
-    photos: list[tuple[str, np.ndarray, bool]] = []
-    ins = insightface_images()
-    photos.append(("t1", read_bgr(ins / "t1.jpg"), False))
-    photos.append(("tom_hanks", read_bgr(ins / "Tom_Hanks_54745.png"), False))
-    photos.append(("astronaut", cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), False))
-    photos.append(("grace_hopper", read_bgr(grace_hopper_path()), False))
-    for i, face in enumerate(lfw_subset()[:100]):
+def raw_photos(photos: Optional[str] = None) -> list[tuple[str, np.ndarray, bool]]:
+    """(name, BGR image, is_tiny_crop) for every face photo, in a fixed order; `photos`: the folder
+    the download stage brought them into (None: the installed wheels)."""
+    out: list[tuple[str, np.ndarray, bool]] = []
+    out.append(("t1", read_bgr(sample_photo("photo_t1", photos)), False))
+    out.append(("tom_hanks", read_bgr(sample_photo("photo_tom_hanks", photos)), False))
+    out.append(("astronaut", read_bgr(sample_photo("photo_astronaut", photos)), False))
+    out.append(("grace_hopper", read_bgr(sample_photo("photo_grace_hopper", photos)), False))
+    for i, face in enumerate(lfw_subset(photos)[:100]):
         if i in UNRELIABLE:
             continue
-        photos.append((f"lfw_subset_{i:03d}", _pad_tiny_crop(face), True))
-    return photos
+        out.append((f"lfw_subset_{i:03d}", _pad_tiny_crop(face), True))
+    return out
 
 
-@lru_cache(maxsize=1)
-def lfw_subset() -> np.ndarray:
-    import skimage.data
-
-    return skimage.data.lfw_subset()  # (200, 25, 25) float in [0, 1]; 100 faces then 100 non-faces
+@lru_cache(maxsize=4)
+def lfw_subset(photos: Optional[str] = None) -> np.ndarray:
+    """scikit-image's lfw_subset.npy: (200, 25, 25) float in [0, 1]; 100 faces then 100 non-faces."""
+    path = sample_photo("photo_lfw_subset", photos)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: missing or not a numpy array file ({e})") from None
+    if arr.shape != (200, 25, 25):
+        raise PipelineError(f"{path}: expected lfw_subset's (200, 25, 25) crops, got shape {arr.shape}")
+    return arr
 
 
 def to_u8(gray01: np.ndarray) -> np.ndarray:
@@ -97,13 +103,12 @@ def _pad_tiny_crop(face01: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
 
 
-def non_face_images() -> list[tuple[str, np.ndarray]]:
+def non_face_images(photos: Optional[str] = None) -> list[tuple[str, np.ndarray]]:
     """(name, BGR) real non-face pictures: lfw_subset backgrounds (25 px) and mask textures."""
     out = [(f"lfw_subset_nonface_{i:03d}", cv2.cvtColor(to_u8(img), cv2.COLOR_GRAY2BGR))
-           for i, img in enumerate(lfw_subset()[100:])]
-    ins = insightface_images()
+           for i, img in enumerate(lfw_subset(photos)[100:])]
     for name in ("mask_black", "mask_blue", "mask_green", "mask_white"):
-        out.append((name, read_bgr(ins / f"{name}.jpg")))
+        out.append((name, read_bgr(sample_photo(f"photo_{name}", photos))))
     return out
 
 
@@ -117,12 +122,13 @@ def find_faces(photos: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]
     return detect_landmarks_batch(photos)
 
 
-@lru_cache(maxsize=1)
-def base_faces() -> tuple[BaseFace, ...]:
-    """Every usable real face on the canonical canvas, in a fixed order (cached per process)."""
+@lru_cache(maxsize=2)
+def base_faces(photos: Optional[str] = None) -> tuple[BaseFace, ...]:
+    """Every usable real face on the canonical canvas, in a fixed order (cached per process);
+    `photos` as for raw_photos."""
     faces: list[BaseFace] = []
-    photos = raw_photos()
-    for (name, bgr, tiny), found in zip(photos, find_faces([p[1] for p in photos])):
+    raw = raw_photos(photos)
+    for (name, bgr, tiny), found in zip(raw, find_faces([p[1] for p in raw])):
         # several faces in one photo (t1): left to right, so names are stable
         found = sorted(found, key=lambda f: float(f[0][:, 0].mean()))
         for k, (lmk, score) in enumerate(found):

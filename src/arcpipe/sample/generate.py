@@ -47,12 +47,13 @@ class Plan:
     """Identities and their looks; renders views on demand (canonical pictures are cached)."""
 
     params: SampleParams
+    photos: Optional[str] = None  # the folder the download stage brought the photos into (None: the wheels)
     specs: dict[str, IdentitySpec] = field(default_factory=dict)
     base_index: dict[str, int] = field(default_factory=dict)
     _canon: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.bases = base_faces()
+        self.bases = base_faces(self.photos)
 
     @property
     def seed(self) -> int:
@@ -80,7 +81,7 @@ class Plan:
             v = self.view(recipe["identity"], recipe["style"], *recipe["stream"])
             data = v.jpeg()
         else:
-            pics = dict(non_face_images())
+            pics = dict(non_face_images(self.photos))
             data = render_non_face(pics[recipe["non_face"]], stream(self.seed, *recipe["stream"])).jpeg()
         if "corrupt" in recipe:
             data = corrupt_file_bytes(recipe["corrupt"], data, stream(self.seed, "corrupt", *recipe["stream"]))
@@ -126,7 +127,7 @@ class Allocation:
     rng_noise: np.random.Generator
 
 
-def plan_sample(params: SampleParams) -> Allocation:
+def plan_sample(params: SampleParams, photos: Optional[str] = None) -> Allocation:
     """Identities for every part; the same params give the same plan (and the same files).
 
     The base faces are split once: `eval_bases` of them are kept for the evaluation sets (LFW,
@@ -157,7 +158,7 @@ def plan_sample(params: SampleParams) -> Allocation:
     if n_split and n_img < 2:
         raise PipelineError("sample.noise.split_identities: needs images_per_identity >= 2")
 
-    plan = Plan(params)
+    plan = Plan(params, photos)
     n_bases = len(plan.bases)
     E = params.eval_bases
     if E >= n_bases:
@@ -197,10 +198,11 @@ def plan_sample(params: SampleParams) -> Allocation:
                       distractor_keys, split_idx, lfw_overlap, mf_overlap, rng_noise)
 
 
-def build(params: SampleParams, root: Path, log=None) -> dict[str, Any]:
-    """Generate everything under `root` (an empty or new directory). Returns the summary counts."""
+def build(params: SampleParams, root: Path, log=None, photos: Optional[str] = None) -> dict[str, Any]:
+    """Generate everything under `root` (an empty or new directory) from the photos in `photos`
+    (see Plan). Returns the summary counts."""
     say = log.info if log is not None else (lambda *a: None)
-    a = plan_sample(params)
+    a = plan_sample(params, photos)
     plan = a.plan
     n_bases = len(plan.bases)
     say("plan: %d base faces; %d train, %d LFW, %d IJB, %d FaceScrub, %d distractor identities",
@@ -333,7 +335,7 @@ def _build_train(plan: Plan, w: Writer, keys: list[str], split_idx: list[int], l
             {"kind": "mislabelled", "part": "train", "true_identity": a,
              "true_label": label_of[a], "recipe": _recipe(a, "ms1m", "train-mislabelled", k)})
 
-    pics = non_face_images()
+    pics = non_face_images(plan.photos)
     for k in range(scaled(nz.non_faces, p.scale)):
         name, pic = pics[int(rng.integers(0, len(pics)))]
         b = plain[int(rng.integers(0, len(plain)))]
