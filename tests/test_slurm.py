@@ -1,5 +1,5 @@
 """The data stages on a real (one-node) SLURM cluster through `snakemake --profile
-workflow/profiles/slurm`: sample -> detect -> align -> pack / evalpack on the embedded sample, with
+profiles/slurm`: sample -> detect -> align -> pack / evalpack on the embedded sample, with
 detect and align in 2 shards (one SLURM job each), end with the bytes of a local `snakemake
 --cores 2` of the same targets; a shard that fails is resubmitted alone (retries), and once
 fixed, the next run reruns that shard and what depends on it, never its sibling.
@@ -90,12 +90,21 @@ def _mtime_stamped(rel: str) -> bool:
     return rel.startswith("data/detect/") and (rel.endswith("/listing.parquet") or "/parts/" in rel)
 
 
+def _download_state(rel: str) -> bool:
+    """download's NAME/FILE.state.json records the mtime of the file it vouches for: machine-local
+    bookkeeping (in .dvcignore, so no output hash counts it) that two runs write differently."""
+    return rel.startswith("data/download/") and rel.endswith(".state.json")
+
+
 def _files(root: Path) -> dict[str, str]:
-    """sha256 of every file under data/ (the rows only, for the mtime-stamped parquet files)."""
+    """sha256 of every file under data/ (the rows only, for the mtime-stamped parquet files; not
+    download's state files)."""
     out = {}
     for p in sorted((root / "data").rglob("*")):
         if p.is_file():
             rel = str(p.relative_to(root))
+            if _download_state(rel):
+                continue
             if _mtime_stamped(rel):
                 table = pq.read_table(p).replace_schema_metadata(None)
                 sink = pa.BufferOutputStream()
@@ -139,7 +148,7 @@ def test_data_stages_on_slurm_match_a_local_run(tmp_path, local_run, cluster):
     # status checks every few seconds instead of the plugin's 40 s; squeue (no accounting here)
     fast = ["--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", "--slurm-status-command", "squeue",
             "--latency-wait", "5", "--retries", "1"]
-    args = ["--profile", "workflow/profiles/slurm", *fast]
+    args = ["--profile", "profiles/slurm", *fast]
     for p in POISON:
         (root / p).mkdir(parents=True)
 
