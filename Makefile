@@ -41,7 +41,7 @@ repro: install
 	$(BIN)/dvc repro
 
 snakemake: install
-	$(BIN)/snakemake --cores all --rerun-triggers input params code
+	$(BIN)/snakemake --cores all  # profiles/default sets the rerun triggers
 
 # The reference venvs that tests marked `reference` run as subprocesses (pins and reasons in
 # $(REF)/requirements-*.txt). A build that fails stops make; a second run only checks the stamp.

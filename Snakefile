@@ -1,4 +1,4 @@
-# The same DAG as dvc.yaml, for `snakemake --cores N` and clusters (--profile workflow/profiles/slurm).
+# The same DAG as dvc.yaml, for `snakemake --cores N` and clusters (--profile profiles/slurm).
 # Thin: params.yaml is the config (variants: --configfile params/<variant>.yaml), the rules live in
 # workflow/rules/, and every rule runs the stage script that dvc.yaml runs.
 configfile: "params.yaml"

@@ -1,4 +1,5 @@
 """dvc.yaml and the Snakefile describe one DAG: same stages, scripts, arguments, inputs, outputs."""
+import importlib.util
 import os
 import re
 import subprocess
@@ -143,7 +144,7 @@ def test_slurm_profile_takes_the_site_from_the_environment(tmp_path):
     variant.write_text(yaml.safe_dump({"detect": {"shards": 2}}))
     env = {**os.environ, "ARCPIPE_SLURM_PARTITION": "cpuq", "ARCPIPE_SLURM_GPU_PARTITION": "gpuq",
            "ARCPIPE_SLURM_ACCOUNT": "proj1"}
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm", "-n", "-F",
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "-n", "-F",
                         "--configfile", str(variant)], cwd=REPO, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
@@ -169,7 +170,7 @@ def test_training_across_nodes_is_one_srun_task_per_node_and_gpus_per_node(tmp_p
     variant = tmp_path / "v.yaml"
     variant.write_text(yaml.safe_dump({"train": {"device": "cuda", "processes": 8, "nodes": 2},
                                        "train_bootstrap": {"device": "cuda", "processes": 4}}))
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm", "-n", "-F",
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "-n", "-F",
                         "--configfile", str(variant), "--", "train"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
@@ -182,3 +183,21 @@ def test_training_across_nodes_is_one_srun_task_per_node_and_gpus_per_node(tmp_p
                      if "Shell command:" in ln and f"scripts/{rule}.py --params" in ln] for rule in blocks}
     assert shells["train"] and all(c.startswith("srun --nodes 2 --ntasks-per-node 1 ") for c in shells["train"]), shells
     assert shells["train_bootstrap"] and not any(c.startswith("srun") for c in shells["train_bootstrap"]), shells
+
+
+def test_snakemake_loads_the_default_profile_beside_the_snakefile():
+    """profiles/default is where Snakemake looks on its own (beside the Snakefile): a plain
+    `snakemake` takes its rerun triggers, which leave out mtime (DVC's checkouts reset mtimes), also
+    under the SLURM profile, and `--workflow-profile none` is the way out."""
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert "mtime" not in profile["rerun-triggers"] and set(profile["rerun-triggers"]) == {"input", "params", "code"}
+    for extra in ([], ["--profile", "profiles/slurm"]):
+        if extra and importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+            continue
+        r = subprocess.run([sys.executable, "-m", "snakemake", *extra, "-n", "-F", "--cores", "1", "--", "sample"],
+                           cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "workflow specific profile profiles/default " in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--workflow-profile", "none", "-n", "-F", "--cores", "1",
+                        "--", "sample"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "workflow specific profile" not in r.stdout + r.stderr
