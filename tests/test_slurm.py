@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,6 +53,12 @@ def _unavailable() -> str | None:
     except ImportError:
         return "snakemake-executor-plugin-slurm is not installed: pip install -e '.[slurm]'"
     return None
+
+
+def _require_slurm() -> None:
+    reason = _unavailable()
+    if reason:
+        pytest.fail(f"slurm test could not run under CI=true: {reason}") if in_ci() else pytest.skip(reason)
 
 
 def _copy_repo(dst: Path) -> Path:
@@ -116,11 +124,54 @@ def _files(root: Path) -> dict[str, str]:
     return out
 
 
+def _processes_of_job(job: str) -> list[int]:
+    """The pids of Slurm job `job` on this host: its slurmstepd processes and all below them."""
+    parent, cmd = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+    roots = {pid for pid, c in cmd.items() if c.startswith("slurmstepd") and f"[{job}." in c}
+    found = set(roots)
+    grew = True
+    while grew:
+        below = {pid for pid, pp in parent.items() if pp in found} - found
+        found |= below
+        grew = bool(below)
+    return sorted(found)
+
+
+def _down_the_node_under_a_shard(cluster: SlurmCluster, rule: str, downed: dict, timeout: float = 900) -> None:
+    """As a node dying: once a job of `rule` has run for a moment, the node goes DOWN and every
+    process of that job is killed (a dead node's processes are gone, whatever slurmd would do);
+    ReturnToService=2 lets the node back once its slurmd registers again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        q = subprocess.run(["squeue", "--noheader", "--states=RUNNING", "--format=%i %k"], env=cluster.env,
+                           capture_output=True, text=True).stdout
+        running = [line.split(maxsplit=1) for line in q.splitlines() if " " in line.strip()]
+        mine = [job for job, comment in running if comment.startswith(f"{rule}_")]
+        if mine:
+            time.sleep(2)
+            pids = _processes_of_job(mine[0])
+            subprocess.run(["scontrol", "update", f"nodename={cluster.node}", "state=down",
+                            "reason=arcpipe test: the node died"], env=cluster.env, check=True)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            downed.update(job=mine[0], pids=str(len(pids)))
+            return
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    reason = _unavailable()
-    if reason:
-        pytest.fail(f"slurm test could not run under CI=true: {reason}") if in_ci() else pytest.skip(reason)
+    _require_slurm()
     root = _copy_repo(tmp_path_factory.mktemp("local"))
     code, log, seconds = _snakemake(root, ["--cores", "2", "--rerun-triggers", "input", "params", "code"],
                                     _env(root))
@@ -129,7 +180,8 @@ def local_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, local_run):
+def cluster(tmp_path_factory):
+    _require_slurm()
     c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         c.start()
@@ -138,6 +190,29 @@ def cluster(tmp_path_factory, local_run):
         raise
     yield c
     c.stop()
+
+
+def test_a_partition_the_cluster_lacks_stops_the_run_in_one_line_before_any_submission(tmp_path, cluster):
+    """A typo in the site's partition (or a profile from another cluster): one line naming the
+    partition, the rules and the setting to change, and the cluster's partitions; no job submitted,
+    nothing written under data/. The GPU partition of the trainings is checked the same way."""
+    root = _copy_repo(tmp_path / "repo")
+    for setting, targets in (("ARCPIPE_SLURM_PARTITION", TARGETS), ("ARCPIPE_SLURM_GPU_PARTITION", ["train"])):
+        env = _env(root, cluster.env)
+        env[setting] = "nosuchq"
+        r = subprocess.run([sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/slurm"], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=600)
+        log = r.stdout + r.stderr
+        assert r.returncode != 0, log[-3000:]
+        lines = [ln for ln in log.splitlines() if "SLURM partition 'nosuchq' does not exist" in ln]
+        assert len(lines) == 1, log[-3000:]
+        assert setting in lines[0] and f"one of: {PARTITION}" in lines[0], lines[0]
+        if setting.endswith("GPU_PARTITION"):
+            assert "rule train_bootstrap, train;" in lines[0] or "rule train, train_bootstrap;" in lines[0], lines[0]
+        assert "has been submitted" not in log and "sbatch" not in log, log[-3000:]
+        assert not (root / "data").exists()
+    queue = subprocess.run(["squeue", "--noheader"], env=cluster.env, capture_output=True, text=True, check=True)
+    assert queue.stdout.strip() == ""
 
 
 def test_data_stages_on_slurm_match_a_local_run(tmp_path, local_run, cluster):
@@ -173,8 +248,19 @@ def test_data_stages_on_slurm_match_a_local_run(tmp_path, local_run, cluster):
     code, plan, _ = _snakemake(root, [*args, "--dry-run"], env)
     assert code == 0, plan[-3000:]
     assert _job_stats(plan) == {"align_part": 5, "align": 5, "pack": 1, "evalpack": 1}, plan[-3000:]
+    # the node dies under a shard of the rerun: Slurm requeues that job (the profile submits with
+    # --requeue), it runs again from the start and the run ends as if nothing had happened
+    downed: dict[str, str] = {}
+    killer = threading.Thread(target=_down_the_node_under_a_shard, args=(cluster, "rule_align_part", downed),
+                              daemon=True)
+    killer.start()
     code, log2, s2 = _snakemake(root, args, env)
+    killer.join(timeout=5)
     assert code == 0, log2[-4000:] + "\n" + cluster.logs()
+    assert downed.get("job") and int(downed["pids"]) > 0, f"no align shard was seen running, to take its node down: {downed}"
+    show = subprocess.run(["scontrol", "show", "job", downed["job"]], env=cluster.env, capture_output=True,
+                          text=True, check=True).stdout
+    assert "JobState=COMPLETED" in show and "Restarts=1" in show, show
     total = time.monotonic() - t0
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "a finished job's output was rewritten"
 
