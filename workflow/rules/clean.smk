@@ -2,9 +2,6 @@
 # The bootstrap's checkpoint folder, like train's, is not an output: a job started again after a
 # crash resumes from it. Features run one job per set (features.sets): the raw pack and every
 # evaluation set the overlap rule compares with.
-FEATURES = config["features"]["out_dir"]
-
-
 rule train_bootstrap:
     input:
         script="scripts/train_bootstrap.py",
@@ -25,25 +22,7 @@ rule train_bootstrap:
     log:
         "logs/snakemake/train_bootstrap.log",
     shell:
-        "{params.launcher}{PY} scripts/train_bootstrap.py --params {PARAMS_FILE} > {log} 2>&1"
-
-
-def _feature_source(wildcards):
-    """The set's files as the DAG makes them: an aligned set's rec, idx and manifest (the align
-    rule's outputs; its folder is not one), a pack's folder."""
-    src = config["features"]["sets"][wildcards.dataset]
-    path = str(src["source"]).rstrip("/")
-    align = ALIGN.rstrip("/")
-    if src["format"] == "aligned" and path.startswith(align + "/"):
-        return [f"{path}/{f}" for f in ("faces.rec", "faces.idx", "manifest.parquet")]
-    return [in_dag(path)]
-
-
-def _feature_model(wildcards):
-    """The folder of the model features.model names when a DAG stage makes it (the bootstrap's)."""
-    path = str((config["features"].get("model") or {}).get("path") or "")
-    boot = config["train_bootstrap"]["out_dir"].rstrip("/")
-    return [boot] if path.startswith(boot + "/") else ([path] if path else [])
+        "{params.launcher}$ARCPIPE_PYTHON scripts/train_bootstrap.py --params $ARCPIPE_PARAMS > {log} 2>&1"
 
 
 rule features:
@@ -61,7 +40,7 @@ rule features:
     log:
         "logs/snakemake/features_{dataset}.log",
     shell:
-        "{PY} scripts/features.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "$ARCPIPE_PYTHON scripts/features.py --params $ARCPIPE_PARAMS --dataset {wildcards.dataset} "
         "--workers {threads} > {log} 2>&1"
 
 
@@ -85,7 +64,7 @@ rule clean:
     log:
         "logs/snakemake/clean.log",
     shell:
-        "{PY} scripts/clean.py --params {PARAMS_FILE} > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/clean.py --params $ARCPIPE_PARAMS > {log} 2>&1"
 
 
 rule pack_clean:
@@ -102,4 +81,4 @@ rule pack_clean:
     log:
         "logs/snakemake/pack_clean.log",
     shell:
-        "{PY} scripts/pack_clean.py --params {PARAMS_FILE} > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/pack_clean.py --params $ARCPIPE_PARAMS > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Shared by every rule file, to validate the merged config up front and hand it to the stage
 # scripts as one content-addressed file, so `--configfile params/<variant>.yaml` and
 # `--config key=value` reach the scripts exactly as Snakemake merged them.
+import os
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -18,6 +19,11 @@ except ParamsError as e:
 
 PARAMS_FILE = write_params_snapshot(config)
 PY = sys.executable  # the interpreter running Snakemake, which has arcpipe (imported above)
+# The rules' shell commands take both from the environment ($ARCPIPE_PYTHON, $ARCPIPE_PARAMS), which
+# every job inherits (a SLURM job too: the profile exports the environment, and the job's own
+# Snakemake sets them again). Neither is a param of a stage: the snapshot is named by its content,
+# so it changes with any variant, while each rule reruns on its own sections alone (section_input).
+os.environ.update(ARCPIPE_PYTHON=PY, ARCPIPE_PARAMS=PARAMS_FILE)
 DATASETS = sorted(PARAMS.detect.datasets)
 
 
@@ -41,6 +47,19 @@ def train_launcher(section):
     node's torchrun, which meets the others at the c10d rendezvous on the first node)."""
     p = getattr(PARAMS, section)
     return "" if p.nodes == 1 else f"srun --nodes {p.nodes} --ntasks-per-node 1 "
+
+# Under --executor slurm, a partition the cluster lacks (a typo in ARCPIPE_SLURM_PARTITION, a
+# profile from another site) stops the run here in one line, before any job is submitted, instead
+# of as one sbatch error per job and attempt. Only the main process runs onstart (jobs get
+# --no-hooks), and never in a dry run.
+onstart:
+    if getattr(workflow.executor_plugin, "cli_prefix", None) == "slurm":
+        from arcpipe.slurm import partition_problem
+
+        problem = partition_problem((j.rule.name, j.resources.get("slurm_partition"))
+                                    for j in workflow.dag.needrun_jobs() if not j.is_local)
+        if problem:
+            raise WorkflowError(problem)
 
 # Provenance across engines. Snakemake reruns a job when an input is newer than its outputs (or
 # its own metadata says params changed), but it has no metadata for outputs that `dvc repro`
@@ -158,7 +177,7 @@ def _dvcignore():
 
 def _ignored(path, is_dir):
     rel = os.path.normpath(path).replace(os.sep, "/")
-    return _dvcignore().match_file(rel + "/" if is_dir else rel)
+    return _dvcignore().match_file(f"{rel}/" if is_dir else rel)
 
 
 def _files(path):

@@ -2,41 +2,16 @@
 # one job per shard (`--shard I/K`) writes a part, and the job without --shard merges the parts;
 # detect's shard jobs start from one listing of the source (detect_list, `--list`).
 
-DOWNLOAD = config["download"]["out_dir"]
-DETECT = config["detect"]["out_dir"]
-ALIGN = config["align"]["out_dir"]
-
-
 wildcard_constraints:
     dataset="[^/]+",
     i=r"\d{5}",
     k=r"\d{5}",
 
 
-def in_dag(path):
-    """A raw input path; inside the sample's folder it is the sample rule's output."""
-    path = str(path).rstrip("/")
-    sample = config["sample"]["out_dir"].rstrip("/")
-    return sample if path == sample or path.startswith(sample + "/") else path
-
-
-def source_of(dataset):
-    return in_dag(config["detect"]["datasets"][dataset]["source"])
-
-
-def _parts(stage_dir, shards):
-    def parts(wildcards):
-        if shards <= 1:
-            return []
-        return [f"{stage_dir}/{wildcards.dataset}/parts/part-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
-
-    return parts
-
-
-def _listing(shards):
-    """Sharded: the merge job starts from the listing the detect_list job wrote (unsharded, the
-    detect job lists the source itself)."""
-    return (lambda w: [f"{DETECT}/{w.dataset}/listing.parquet"]) if shards > 1 else []
+# Downloads run on the host that runs Snakemake, never as cluster jobs: compute nodes often have no
+# route to the internet, while the submit host does (and the work is network, not CPU).
+localrules:
+    download,
 
 
 rule download:
@@ -51,13 +26,7 @@ rule download:
     log:
         "logs/snakemake/download_{dataset}.log",
     shell:
-        "{PY} scripts/download.py --params {PARAMS_FILE} --dataset {wildcards.dataset} > {log} 2>&1"
-
-
-def sample_photos(wildcards):
-    """The download stage's photo folders when params list them (else the sample reads the wheels)."""
-    listed = config["download"].get("datasets") or {}
-    return [f"{DOWNLOAD}/{name}" for name in SAMPLE_PHOTOS if name in listed]
+        "$ARCPIPE_PYTHON scripts/download.py --params $ARCPIPE_PARAMS --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule sample:
@@ -73,7 +42,7 @@ rule sample:
     log:
         "logs/snakemake/sample.log",
     shell:
-        "{PY} scripts/sample.py --params {PARAMS_FILE} > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/sample.py --params $ARCPIPE_PARAMS > {log} 2>&1"
 
 
 rule detect_list:
@@ -88,7 +57,7 @@ rule detect_list:
     log:
         "logs/snakemake/detect_{dataset}_list.log",
     shell:
-        "{PY} scripts/detect.py --params {PARAMS_FILE} --dataset {wildcards.dataset} --list > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/detect.py --params $ARCPIPE_PARAMS --dataset {wildcards.dataset} --list > {log} 2>&1"
 
 
 rule detect_part:
@@ -107,7 +76,7 @@ rule detect_part:
     log:
         "logs/snakemake/detect_{dataset}_{i}_of_{k}.log",
     shell:
-        "{PY} scripts/detect.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "$ARCPIPE_PYTHON scripts/detect.py --params $ARCPIPE_PARAMS --dataset {wildcards.dataset} "
         "--shard {params.shard} --workers {threads} > {log} 2>&1"
 
 
@@ -128,7 +97,7 @@ rule detect:
     log:
         "logs/snakemake/detect_{dataset}.log",
     shell:
-        "{PY} scripts/detect.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "$ARCPIPE_PYTHON scripts/detect.py --params $ARCPIPE_PARAMS --dataset {wildcards.dataset} "
         "--workers {threads} > {log} 2>&1"
 
 
@@ -149,7 +118,7 @@ rule align_part:
     log:
         "logs/snakemake/align_{dataset}_{i}_of_{k}.log",
     shell:
-        "{PY} scripts/align.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "$ARCPIPE_PYTHON scripts/align.py --params $ARCPIPE_PARAMS --dataset {wildcards.dataset} "
         "--shard {params.shard} --workers {threads} > {log} 2>&1"
 
 
@@ -175,7 +144,7 @@ rule align:
     log:
         "logs/snakemake/align_{dataset}.log",
     shell:
-        "{PY} scripts/align.py --params {PARAMS_FILE} --dataset {wildcards.dataset} "
+        "$ARCPIPE_PYTHON scripts/align.py --params $ARCPIPE_PARAMS --dataset {wildcards.dataset} "
         "--workers {threads} > {log} 2>&1"
 
 
@@ -194,7 +163,7 @@ rule pack:
     log:
         "logs/snakemake/pack.log",
     shell:
-        "{PY} scripts/pack.py --params {PARAMS_FILE} > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/pack.py --params $ARCPIPE_PARAMS > {log} 2>&1"
 
 
 rule evalpack:
@@ -210,4 +179,4 @@ rule evalpack:
     log:
         "logs/snakemake/evalpack.log",
     shell:
-        "{PY} scripts/evalpack.py --params {PARAMS_FILE} > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/evalpack.py --params $ARCPIPE_PARAMS > {log} 2>&1"

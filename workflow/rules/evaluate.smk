@@ -1,14 +1,6 @@
 # evaluate -> report (the model comes from the train rule, the raw-set baseline from train_bootstrap).
 
 
-def evaluated_model_dirs():
-    """The DAG's model folders (train's, train_bootstrap's) that evaluate.model or a baseline names."""
-    ev = config["evaluate"]
-    paths = [str((m or {}).get("path") or "") for m in [ev.get("model"), *(ev.get("baselines") or {}).values()]]
-    dirs = [config[s]["out_dir"].rstrip("/") for s in ("train", "train_bootstrap")]
-    return [d for d in dirs if any(p.startswith(d + "/") for p in paths)]
-
-
 rule evaluate:
     input:
         script="scripts/evaluate.py",
@@ -31,7 +23,7 @@ rule evaluate:
     log:
         "logs/snakemake/evaluate.log",
     shell:
-        "{PY} scripts/evaluate.py --params {PARAMS_FILE} > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/evaluate.py --params $ARCPIPE_PARAMS > {log} 2>&1"
 
 
 rule report:
@@ -50,13 +42,14 @@ rule report:
         directory(config["report"]["out_dir"]),
     params:
         report=config["report"],
-        metrics_dir=config["evaluate"]["metrics_dir"],
-        plots_dir=config["evaluate"]["plots_dir"],
+        # the values report's dvc.yaml entry tracks, taken from the inputs they name
+        metrics_dir=lambda w, input: input.metrics,
+        plots_dir=lambda w, input: input.plots,
         live_dirs=[config["train"]["live_dir"], config["train_bootstrap"]["live_dir"]],
-        align_dir=config["align"]["out_dir"],
+        align_dir=lambda w: config["align"]["out_dir"],
         datasets=config["detect"]["datasets"],
         clean=[config["clean"]["metrics"], config["clean"]["out_dir"]],
     log:
         "logs/snakemake/report.log",
     shell:
-        "{PY} scripts/report.py --params {PARAMS_FILE} > {log} 2>&1"
+        "$ARCPIPE_PYTHON scripts/report.py --params $ARCPIPE_PARAMS > {log} 2>&1"

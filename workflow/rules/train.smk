@@ -23,4 +23,4 @@ rule train:
     log:
         "logs/snakemake/train.log",
     shell:
-        "{params.launcher}{PY} scripts/train.py --params {PARAMS_FILE} > {log} 2>&1"
+        "{params.launcher}$ARCPIPE_PYTHON scripts/train.py --params $ARCPIPE_PARAMS > {log} 2>&1"
