@@ -14,6 +14,7 @@ two processes, bit for bit.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import in_ci
 from test_train_stage import TINY, tiny_pack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,6 +204,32 @@ def test_a_rendezvous_that_misses_a_node_times_out(tmp_path, pack):
     assert seconds < 60, f"the rendezvous took {seconds:.0f} s to give up (join_timeout=5)"
     assert "RendezvousTimeoutError" in text
     assert not (node / "models").exists() and not (node / "logs").exists()
+
+
+def test_the_stage_under_srun_says_in_one_line_that_the_rendezvous_timed_out(tmp_path, pack):
+    """The stage as the Snakemake rule starts it on each node (srun, one task per node, train.nodes
+    2), on one node of the two: the torchrun it starts gives up after train.rendezvous_timeout_s,
+    and the stage's last line says so, naming the endpoint and the setting."""
+    if shutil.which("scontrol") is None:
+        if in_ci():
+            pytest.fail("scontrol is missing under CI=true: apt-get install slurm-wlm")
+        pytest.skip("scontrol (slurm-wlm) finds the allocation's first node")
+    node = _node(tmp_path, "node0", pack, nodes=2, rendezvous_port=_free_port(), rendezvous_timeout_s=5)
+    conf = tmp_path / "slurm.conf"  # scontrol show hostnames parses the node list; it needs a config
+    conf.write_text("ClusterName=t\nSlurmctldHost=localhost\nNodeName=localhost CPUs=1\n"
+                    "PartitionName=p Nodes=localhost Default=YES\n")
+    env = dict(_env(), SLURM_CONF=str(conf), SLURM_NNODES="2", SLURM_NTASKS="2", SLURM_JOB_NODELIST="127.0.0.1",
+               SLURM_JOB_ID="4242")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(TRAIN), "--params", "params.yaml"], cwd=node, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0, r.stderr[-3000:]
+    assert time.monotonic() - t0 < 90
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: error: train: the c10d rendezvous at 127.0.0.1:") and \
+        "did not gather train.nodes = 2 nodes within train.rendezvous_timeout_s = 5 s" in last, r.stderr[-3000:]
+    assert "RendezvousTimeoutError" in r.stderr  # torchrun's own account stays above it
+    assert not (node / "models" / "train").exists()
 
 
 @pytest.mark.slow

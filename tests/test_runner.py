@@ -53,3 +53,23 @@ def test_summaries_carry_no_wall_clock_time(tmp_path, monkeypatch):
     assert "summary:" in last and '"seconds"' in last  # the log keeps the time
     lines = (tmp_path / "logs" / "timings.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(x)["exit"] == 0 for x in lines)
+
+
+def test_a_summary_changes_with_its_own_params_section_only(tmp_path, monkeypatch):
+    """A stage's summary records the digest of its own section: a variant that changes another
+    stage's params leaves the bytes of this stage's outputs as they were."""
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text("evaluate: {batch_size: 7}\n")
+    own = tmp_path / "own.yaml"
+    own.write_text("evalpack: {on_missing: fail}\n")
+
+    def body(ctx):
+        ctx.write_summary(tmp_path / "summary.json", {"n": 1})
+        return {"n": 1}
+
+    digests = []
+    for extra in ([], [str(other)], [str(own)]):
+        assert run_stage("evalpack", body, ["--params", str(REPO / "params.yaml"), *extra]) == 0
+        digests.append(json.loads((tmp_path / "summary.json").read_text())["params_sha256_16"])
+    assert digests[0] == digests[1] != digests[2]

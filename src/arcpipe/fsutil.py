@@ -15,12 +15,9 @@ def _tmp_sibling(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it onto `path`, on error remove it.
-
-    Works for files and for directories (the caller creates what it needs at the yielded path).
-    """
-    path = Path(path)
+def _scratch_beside(path: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of `path` (its parent made where missing), removed if the body
+    raises; left in place on success for the caller to move."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     remove_path(tmp)
@@ -29,6 +26,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto `path`, on error remove it.
+
+    Works for files and for directories (the caller creates what it needs at the yielded path).
+    """
+    path = Path(path)
+    with _scratch_beside(path) as tmp:
+        yield tmp
     if path.is_dir() and not path.is_symlink():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -43,14 +51,8 @@ def atomic_files_into(folder: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success move each file written there into `folder`
     (replacing same-named files, keeping the others), on error remove it and touch nothing."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(folder)
-    remove_path(tmp)
-    try:
+    with _scratch_beside(folder) as tmp:
         yield tmp
-    except BaseException:
-        remove_path(tmp)
-        raise
     folder.mkdir(exist_ok=True)
     for entry in sorted(tmp.iterdir()):
         target = folder / entry.name

@@ -69,6 +69,12 @@ class StageContext:
     def params_digest(self) -> str:
         return digest_of(self.params.model_dump(mode="json"))
 
+    def section_digest(self) -> str:
+        """The digest of this stage's own params section (all the params for a stage without one):
+        what a summary records, so that an output does not change with params its stage never reads."""
+        section = getattr(self.params, self.name, None)
+        return digest_of(section.model_dump(mode="json")) if section is not None else self.params_digest()
+
     @contextlib.contextmanager
     def working_on(self, what: str) -> Iterator[None]:
         """Name the item in hand (a data set, a part, a benchmark) for the error line of an
@@ -103,12 +109,12 @@ class StageContext:
         return configured
 
     def summary_record(self, counts: dict[str, Any]) -> dict[str, Any]:
-        """The summary an output folder carries: counts and the params digest, no wall-clock time
-        (the same inputs give the same bytes; timings go to logs/timings.jsonl)."""
+        """The summary an output folder carries: counts and the digest of the stage's params section,
+        no wall-clock time (the same inputs give the same bytes; timings go to logs/timings.jsonl)."""
         return {
             "stage": self.name,
             "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
-            "params_sha256_16": self.params_digest(),
+            "params_sha256_16": self.section_digest(),
             **counts,
         }
 

@@ -25,10 +25,9 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import NonNegInt, PositiveFloat, Section
+from .base import NAME, NonNegInt, PositiveFloat, Section
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class DownloadItem(Section):
@@ -81,6 +80,6 @@ class DownloadParams(Section):
     @classmethod
     def _folder_names(cls, v: dict[str, DownloadItem]) -> dict[str, DownloadItem]:
         for name in v:
-            if not _NAME.fullmatch(name):
+            if not NAME.fullmatch(name):
                 raise ValueError(f"data set name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
         return v

@@ -1,17 +1,14 @@
 """params.yaml `evaluate` and `report`: benchmark protocols and the table beside the paper."""
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import PositiveInt, Section
+from .base import NAME, Device, PositiveInt, Section
 from .evaluate_bench import IJBParams, MegaFaceParams, YTFParams
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # metrics/<name>.json file names the stage itself or the other benchmarks use
 RESERVED_NAMES = {"summary", "megaface", "ytf"}
 
@@ -41,7 +38,7 @@ class EvaluateParams(Section):
     # other models judged on the same verification packs, for comparison (metrics/baselines.json):
     # e.g. {pixels: {kind: pixels}, untrained: {kind: onnx, path: models/train/untrained.onnx}}
     baselines: dict[str, ModelParams] = Field(default_factory=dict)
-    device: str = "cpu"
+    device: Device = "cpu"
     batch_size: PositiveInt = 64
     flip: bool = True
     # verification packs: {name: path to .bin}; writes metrics/<name>.json, plots/roc_<name>.csv
@@ -83,18 +80,11 @@ class EvaluateParams(Section):
             "baselines": self.baselines if "baselines" in keep else {},
             "only": None, "skip": []})
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if not _DEVICE.match(v):
-            raise ValueError("expected cpu, cuda or cuda:N")
-        return v
-
     @field_validator("verification")
     @classmethod
     def _names(cls, v: dict[str, str]) -> dict[str, str]:
         for name in v:
-            if not _NAME.match(name):
+            if not NAME.fullmatch(name):
                 raise ValueError(f"set name {name!r} must be letters, digits, '_', '-', '.' (it names metrics/{name}.json)")
             if name in RESERVED_NAMES:
                 raise ValueError(f"set name {name!r} is reserved for another output file")
@@ -111,7 +101,7 @@ class EvaluateParams(Section):
     @classmethod
     def _ijb_names(cls, v: dict) -> dict:
         for name in v:
-            if not _NAME.match(name) or name in ("summary", "megaface", "ytf"):
+            if not NAME.fullmatch(name) or name in RESERVED_NAMES:
                 raise ValueError(f"IJB set name {name!r} cannot name metrics/{name}.json")
         return v
 
@@ -169,7 +159,7 @@ class ReportParams(Section):
     @classmethod
     def _named(cls, v: Optional[dict[str, str]]) -> Optional[dict[str, str]]:
         for name, path in (v or {}).items():
-            if not _NAME.match(name):
+            if not NAME.fullmatch(name):
                 raise ValueError(f"name {name!r} must be letters, digits, '_', '-', '.'")
             if not path:
                 raise ValueError(f"{name}: empty path")

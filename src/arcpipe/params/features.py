@@ -2,16 +2,13 @@
 (the cleaning stage's input: data/features/<name>/)."""
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import PositiveInt, Section
+from .base import NAME, Device, PositiveInt, Section
 from .evaluate import ModelParams
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 class FeatureSetParams(Section):
@@ -40,22 +37,15 @@ class FeaturesParams(Section):
     # processes that decode the stored JPEGs; the model runs in the stage's own process
     workers: PositiveInt = 2
     batch_size: PositiveInt = 128
-    device: str = "cpu"
+    device: Device = "cpu"
     # add the mirrored image's embedding (emb(img) + emb(flipped img)), as evaluate.flip does
     flip: bool = False
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if not _DEVICE.match(v):
-            raise ValueError("expected cpu, cuda or cuda:N")
-        return v
 
     @field_validator("sets")
     @classmethod
     def _names(cls, v: dict) -> dict:
         for name in v:
-            if not _NAME.match(name):
+            if not NAME.fullmatch(name):
                 raise ValueError(f"set name {name!r} must be letters, digits, '_', '-', '.' "
                                  f"(it names the folder <out_dir>/{name})")
         return v

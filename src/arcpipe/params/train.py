@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from .base import NonNegInt, PositiveFloat, PositiveInt, Section, UnitFloat
+from .base import Device, NonNegInt, PositiveFloat, PositiveInt, Section, UnitFloat
 
 
 class BackboneParams(Section):
@@ -52,7 +52,7 @@ class TrainParams(Section):
     live_dir: str = "dvclive"
     # must equal the pack's `property` when given; null: read it from there
     num_classes: Optional[PositiveInt] = None
-    device: str = "cpu"
+    device: Device = "cpu"
     # ranks per machine (one per GPU): above 1, `python scripts/train.py` starts them itself through
     # torchrun (--standalone); under torchrun already, it must equal --nproc-per-node
     processes: PositiveInt = 1
@@ -61,6 +61,8 @@ class TrainParams(Section):
     # on the first node of the allocation at rendezvous_port
     nodes: PositiveInt = 1
     rendezvous_port: int = Field(default=29500, ge=1024, le=65535)
+    # seconds the nodes have to meet there before the launchers give up (torchrun's join_timeout)
+    rendezvous_timeout_s: PositiveInt = 600
     backbone: BackboneParams = Field(default_factory=BackboneParams)
     head: HeadParams = Field(default_factory=HeadParams)
     # global batch over all ranks (each rank takes batch_size / world size)
@@ -90,13 +92,6 @@ class TrainParams(Section):
     resume_from: Optional[str] = None
     # a checkpoint made with other params is refused unless this is true (then training starts over)
     restart: bool = False
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v != "cpu" and not (v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit())):
-            raise ValueError(f"{v!r}: expected cpu, cuda or cuda:N")
-        return v
 
     @model_validator(mode="after")
     def _checks(self) -> "TrainParams":

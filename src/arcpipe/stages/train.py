@@ -26,7 +26,7 @@ from ..errors import PipelineError
 from ..fsutil import atomic_path, write_json_atomic
 from ..recordio import read_property
 from ..train import dist
-from ..train.launch import check_world, launcher_command
+from ..train.launch import check_world, launcher_command, run_launcher
 
 __all__ = ["run"]
 
@@ -165,8 +165,6 @@ def run_section(ctx, p) -> dict[str, Any]:
 def _start_ranks(ctx, p) -> Optional[dict[str, Any]]:
     """Where params ask for more ranks than this one process (train.processes, train.nodes), run
     them through torchrun and wait; None: this process trains (it is a rank, or the only one)."""
-    import subprocess
-
     from .code import REPO
 
     args = ["--params", *ctx.params_files]
@@ -177,10 +175,7 @@ def _start_ranks(ctx, p) -> Optional[dict[str, Any]]:
         return None
     ranks = p.processes * p.nodes
     ctx.log.info("starting %d ranks (%d here): %s", ranks, p.processes, " ".join(cmd))
-    code = subprocess.run(cmd).returncode
-    if code:
-        raise PipelineError(f"{ctx.name}: the ranks torchrun started failed (exit {code}); rank 0 logs to "
-                            f"logs/{ctx.name}.log, the others to logs/{ctx.name}.rank<R>.log")
+    run_launcher(ctx.name, p, cmd)
     return {"launched": ranks, "world_size": ranks, "processes_here": p.processes}
 
 

@@ -7,6 +7,7 @@ rank, the world must then be the one they ask for, so a params file cannot say 8
 """
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from typing import Optional, Sequence
 
 from ..errors import PipelineError
 
-__all__ = ["launcher_command", "check_world"]
+__all__ = ["launcher_command", "run_launcher", "launcher_failure", "check_world"]
 
 
 def _slurm_head(nodelist: str) -> str:
@@ -54,7 +55,35 @@ def launcher_command(section: str, p, script: str, args: Sequence[str],
     head = _slurm_head(env["SLURM_JOB_NODELIST"])
     return [*run, "--nnodes", str(p.nodes), "--rdzv-backend", "c10d",
             "--rdzv-endpoint", f"{head}:{p.rendezvous_port}", "--rdzv-id", env.get("SLURM_JOB_ID", "arcpipe"),
-            script, *args]
+            "--rdzv-conf", f"join_timeout={p.rendezvous_timeout_s}", script, *args]
+
+
+def run_launcher(section: str, p, cmd: Sequence[str], tail_lines: int = 400) -> None:
+    """Run the torchrun command and wait; its stderr goes on to ours as it comes (the progress bar,
+    the ranks' errors). A failure is one line: a rendezvous that timed out says so, with the
+    endpoint and the node count; anything else points at the ranks' logs."""
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    with subprocess.Popen(list(cmd), stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+        code = proc.wait()
+    if code:
+        raise PipelineError(launcher_failure(section, p, cmd, code, "".join(tail)))
+
+
+def launcher_failure(section: str, p, cmd: Sequence[str], code: int, output: str) -> str:
+    """The one line for a torchrun that exited with `code`, from the end of its output."""
+    if "RendezvousTimeoutError" in output:
+        cmd = list(cmd)
+        endpoint = cmd[cmd.index("--rdzv-endpoint") + 1] if "--rdzv-endpoint" in cmd else "?"
+        return (f"{section}: the c10d rendezvous at {endpoint} did not gather {section}.nodes = {p.nodes} nodes "
+                f"within {section}.rendezvous_timeout_s = {p.rendezvous_timeout_s} s (RendezvousTimeoutError): "
+                f"each node must run its launcher (srun --nodes {p.nodes} --ntasks-per-node 1) and reach "
+                f"{endpoint}")
+    return (f"{section}: the ranks torchrun started failed (exit {code}); rank 0 logs to logs/{section}.log, "
+            f"the others to logs/{section}.rank<R>.log")
 
 
 def check_world(section: str, p, world_size: int) -> None:
