@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from arcpipe.errors import PipelineError
-from arcpipe.evalpack import EvalPackError, load_bin, read_lfw_pairs, write_bin
+from arcpipe.evalpack import EvalPackError, load_bin, write_bin
+from arcpipe.pairlists import read_lfw_pairs
 from arcpipe.fsutil import sha256_file
 from arcpipe.imageio import decode_rgb
 from arcpipe.stages import main

@@ -2,7 +2,7 @@
 
 bins: 2P encoded images (JPEG bytes), pairs consecutive; issame_list: P booleans.
 Loading uses a restricted unpickler: a downloaded pack cannot run code. The `evalpack` stage
-builds .bin packs from an aligned verification set and an LFW-format pairs list.
+builds .bin packs from an aligned verification set and its protocol's pairs (arcpipe.pairlists).
 
 The .bin keeps insightface's format, so it cannot say which official fold each pair came from;
 once pairs were skipped, contiguous folds no longer match pairs.txt's. The stage writes a
@@ -26,8 +26,8 @@ import numpy as np
 from .errors import PipelineError
 from .fsutil import write_bytes_atomic
 
-__all__ = ["load_bin", "write_bin", "dump_bin", "EvalPackError", "Pair", "build_bin",
-           "read_lfw_pairs", "sidecar_path", "PackFolds", "read_pack_folds"]
+__all__ = ["load_bin", "write_bin", "dump_bin", "EvalPackError", "build_bin", "sidecar_path", "PackFolds",
+           "read_pack_folds"]
 
 log = logging.getLogger("arcpipe.evalpack")
 
@@ -136,74 +136,55 @@ def write_bin(path: str | Path, bins: Sequence[bytes], issame: Iterable[bool]) -
     return hashlib.sha256(data).hexdigest()
 
 
-# --------------------------------------------------------------------------- pairs lists
-
-@dataclass(frozen=True)
-class Pair:
-    image1: str  # "<Name>/<Name>_<NNNN>.jpg"
-    image2: str
-    same: bool
-    line: int
-    fold: int
+# --------------------------------------------------------------------------- packing pairs
 
 
-def lfw_image(name: str, number: int) -> str:
-    return f"{name}/{name}_{number:04d}.jpg"
-
-
-def read_lfw_pairs(path: str | Path) -> list[Pair]:
-    """LFW pairs.txt: "<folds>\\t<n>", then per fold n matched and n mismatched lines."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise EvalPackError(f"{path}: pairs file does not exist") from None
-    except UnicodeDecodeError:
-        raise EvalPackError(f"{path}: pairs file is not UTF-8 text") from None
-    if not lines:
-        raise EvalPackError(f"{path}: line 1: empty pairs file")
-    head = lines[0].split()
-    try:
-        folds, n = (int(head[0]), int(head[1])) if len(head) == 2 else (1, int(head[0]))
-    except (ValueError, IndexError):
-        raise EvalPackError(f"{path}: line 1: expected '<folds>\\t<pairs per half-fold>', got {lines[0][:60]!r}") from None
-    body = [(i + 2, ln) for i, ln in enumerate(lines[1:]) if ln.strip()]
-    if len(body) != folds * 2 * n:
-        raise EvalPackError(f"{path}: header says {folds} folds x {2 * n} pairs = {folds * 2 * n} lines, "
-                            f"found {len(body)}")
-    pairs = []
-    for j, (lineno, ln) in enumerate(body):
-        f = ln.split()
-        fold = j // (2 * n)
-        try:
-            if len(f) == 3:
-                pairs.append(Pair(lfw_image(f[0], int(f[1])), lfw_image(f[0], int(f[2])), True, lineno, fold))
-            elif len(f) == 4:
-                pairs.append(Pair(lfw_image(f[0], int(f[1])), lfw_image(f[2], int(f[3])), False, lineno, fold))
-            else:
-                raise ValueError
-        except ValueError:
-            raise EvalPackError(f"{path}: line {lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2', "
-                                f"got {ln[:60]!r}") from None
-    return pairs
-
-
-def _source_tail(source: str) -> str:
+def _tail(source: str, depth: int) -> str:
     parts = re.split(r"[\\/]+", str(source).strip())
-    return "/".join(parts[-2:])
+    return "/".join(parts[-depth:])
 
 
-def build_bin(aligned, pairs: Sequence[Pair], pairs_path: str | Path, on_missing: str = "skip"
+class _ByTail:
+    """The aligned set's rows by their source's last k path components, k the depth a protocol
+    names its images with (LFW 2, CFP 3, CALFW 1); a tail two sources share is refused."""
+
+    def __init__(self, manifest, where: str):
+        self._rows = list(zip(manifest["source"].astype(str), manifest["key"].astype(int),
+                              manifest["status"].astype(str)))
+        self._where = where
+        self._maps: dict[int, dict[str, tuple[int, str, str]]] = {}
+
+    def get(self, image: str) -> Optional[tuple[int, str]]:
+        depth = len(image.split("/"))
+        if depth not in self._maps:
+            m: dict[str, tuple[int, str, str]] = {}
+            for src, key, status in self._rows:
+                t = _tail(src, depth)
+                if t in m and m[t][2] != src:
+                    m[t] = (-2, "", m[t][2] + "\n" + src)  # ambiguous
+                else:
+                    m[t] = (key, status, src)
+            self._maps[depth] = m
+        hit = self._maps[depth].get(image)
+        if hit is None:
+            return None
+        if hit[0] == -2:
+            a, b = hit[2].split("\n")[:2]
+            raise EvalPackError(f"{self._where}: image {image} names more than one image of the aligned set "
+                                f"({a} and {b}); the pairs file must name it deeper")
+        return hit[0], hit[1]
+
+
+def build_bin(aligned, pairs: Sequence["Pair"], pairs_path: str | Path, on_missing: str = "skip"
               ) -> tuple[list[bytes], list[bool], dict]:
     """Collect the JPEGs of every pair from an aligned set; returns (bins, issame, report).
 
-    An image counts as present when the aligned set holds a crop for it (a fallback crop too).
-    Missing ones are counted; the pair is skipped, or with on_missing='fail' it is an error.
+    A pair's image names (arcpipe.pairlists) are matched against the aligned sources by as many
+    trailing path components as they have. An image counts as present when the aligned set holds
+    a crop for it (a fallback crop too). Missing ones are counted; the pair is skipped, or with
+    on_missing='fail' it is an error.
     """
-    man = aligned.manifest
-    by_tail: dict[str, tuple[int, str]] = {}
-    for src, key, status in zip(man["source"].astype(str), man["key"].astype(int), man["status"].astype(str)):
-        by_tail[_source_tail(src)] = (key, status)
+    by_tail = _ByTail(aligned.manifest, str(pairs_path))
     bins: list[bytes] = []
     same: list[bool] = []
     folds: list[int] = []
@@ -223,11 +204,12 @@ def build_bin(aligned, pairs: Sequence[Pair], pairs_path: str | Path, on_missing
                 missing[img] = why
             if on_missing == "fail":
                 img, why = absent[0]
-                raise EvalPackError(f"{pairs_path}: line {p.line}: image {img} is missing: {why}")
-            skipped.append(p.line)
+                where = Path(pairs_path) / p.file if p.file else pairs_path
+                raise EvalPackError(f"{where}: line {p.line}: image {img} is missing: {why}")
+            skipped.append(f"{p.file}:{p.line}" if p.file else p.line)
             continue
         for img in (p.image1, p.image2):
-            k = by_tail[img][0]
+            k = by_tail.get(img)[0]
             if k not in cache:
                 cache[k] = aligned.read_jpeg(k)
             bins.append(cache[k])

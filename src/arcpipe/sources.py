@@ -8,6 +8,7 @@
 Formats: folder (<identity>/<image>), ms1m_tsv (7-column TSV with base64 JPEGs), archive (tar,
 tar.gz/bz2/xz, zip: read in place, never extracted), rec (an existing RecordIO pack), lfw,
 cfp (CFP-FP Data/Images/<id>/{frontal,profile}/), agedb (flat <n>_<Name>_<age>_<g>.jpg),
+calfw and cplfw (flat <Name>_<N>.jpg, other files such as landmarks and pairs lists skipped),
 ijb (IJB-B/C/S meta/ + loose_crop/, landmarks from <t>_name_5pts_score.txt) and megaface
 (<identity or group>/<image> with optional MegaFace JSON sidecars holding a bounding box).
 
@@ -33,7 +34,7 @@ import pandas as pd
 
 from .errors import PipelineError
 
-FORMATS = ("folder", "ms1m_tsv", "archive", "rec", "lfw", "cfp", "agedb", "ijb", "megaface")
+FORMATS = ("folder", "ms1m_tsv", "archive", "rec", "lfw", "cfp", "agedb", "calfw", "cplfw", "ijb", "megaface")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -289,6 +290,23 @@ class AgeDBSource(Source):
             fields = p.stem.split("_")
             ident = "_".join(fields[1:-2]) if len(fields) >= 4 else ""
             out.append(Item(rel, ident, (rel,)))
+        return out
+
+
+class FlatNamedSource(Source):
+    """CALFW / CPLFW: a flat folder of <Name>_<N>.jpg; identity = Name. Only images are items (the
+    releases keep landmark .txt files and the pairs list beside them)."""
+
+    format = "calfw"
+
+    def items(self) -> list[Item]:
+        out = []
+        for p in _sorted_files(self.root):
+            if p.suffix.lower() not in IMAGE_EXTS:
+                continue
+            rel = p.relative_to(self.root).as_posix()
+            name, _, number = p.stem.rpartition("_")
+            out.append(Item(rel, name if name and number.isdigit() else "", (rel,)))
         return out
 
 
@@ -610,7 +628,8 @@ class IJBSource(Source):
 
 _CLASSES = {
     "folder": FolderSource, "ms1m_tsv": TSVSource, "archive": ArchiveSource, "rec": RecSource,
-    "lfw": LFWSource, "cfp": CFPSource, "agedb": AgeDBSource, "ijb": IJBSource, "megaface": MegaFaceSource,
+    "lfw": LFWSource, "cfp": CFPSource, "agedb": AgeDBSource, "calfw": FlatNamedSource, "cplfw": FlatNamedSource,
+    "ijb": IJBSource, "megaface": MegaFaceSource,
 }
 
 

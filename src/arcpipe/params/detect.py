@@ -7,7 +7,8 @@ from pydantic import Field, field_validator
 
 from .base import PositiveFloat, PositiveInt, Section
 
-InputFormat = Literal["folder", "ms1m_tsv", "archive", "rec", "lfw", "cfp", "agedb", "ijb", "megaface"]
+InputFormat = Literal["folder", "ms1m_tsv", "archive", "rec", "lfw", "cfp", "agedb", "calfw", "cplfw", "ijb",
+                      "megaface"]
 Preset = Literal["lfw", "ytf", "ms1m", "megaface", "deploy"]
 NoFacePolicy = Literal["drop", "center_crop", "given_box"]
 

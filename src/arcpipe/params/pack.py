@@ -39,8 +39,18 @@ class PackCleanParams(Section):
 
 
 class EvalPackSet(Section):
+    """One verification set: its aligned detect dataset and its release's pairs (arcpipe.pairlists).
+
+    protocol lfw: pairs.txt; cfp_fp / cfp_ff: CFP's Protocol/ folder; calfw / cplfw: the release's
+    pairs_CALFW.txt / pairs_CPLFW.txt; list: "<image1> <image2> <1|0> [<fold>]" lines (AgeDB-30,
+    whose pairs come from its authors, or any pairs of your own). folds: how many contiguous folds
+    the protocols without fold marks (calfw, cplfw, a list without a fold column) are split into.
+    """
+
     dataset: str
     pairs: str
+    protocol: Literal["lfw", "cfp_fp", "cfp_ff", "calfw", "cplfw", "list"] = "lfw"
+    folds: PositiveInt = 10
 
 
 class EvalPackParams(Section):
