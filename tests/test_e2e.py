@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from worktree import copy_worktree
@@ -33,6 +32,7 @@ DETERMINISTIC = [
     "models/train_bootstrap/centres.npy",
     "data/features/train/features.npy",
     "data/clean/kept.parquet",
+    "data/clean/removals.parquet",  # byte for byte since the rules take the evaluation sets in name order
     "data/pack_clean/train.rec",
     "data/pack_clean/train.idx",
     "cleaning/metrics.json",
@@ -223,12 +223,6 @@ def test_snakemake_gives_the_same_bytes(dvc_run, snakemake_run):
     sroot, _ = snakemake_run
     for rel in DETERMINISTIC:
         assert sha(droot / rel) == sha(sroot / rel), rel
-    # the removal table: the same rows, rules and details; the overlap rule's scores may differ in
-    # their last float32 bit between the engines (seen: 25 of 278, 2.4e-7; an open item)
-    import pandas as pd
-    d_rm, s_rm = (pd.read_parquet(r / "data/clean/removals.parquet") for r in (droot, sroot))
-    pd.testing.assert_frame_equal(d_rm.drop(columns="score"), s_rm.drop(columns="score"))
-    assert np.allclose(d_rm.score, s_rm.score, rtol=0, atol=1e-6, equal_nan=True)
     d = json.loads((droot / "metrics/lfw.json").read_text())
     s = json.loads((sroot / "metrics/lfw.json").read_text())
     for key in ("acc_mean", "acc_std", "fold_acc", "fold_threshold", "val_mean", "pairs"):

@@ -332,6 +332,10 @@ def clean(store: FeatureStore, rules: Sequence[Rule], *, subcentres: Optional[np
     from threadpoolctl import threadpool_limits
 
     _check_inputs(store, rules, subcentres, eval_sets)
+    # In name order: where an evaluation centre sits in the overlap rule's matrix product moves the
+    # last bits of its scores, and the engines hand the sets over in different orders (DVC in
+    # params.yaml's, Snakemake in its sorted snapshot's).
+    eval_sets = sorted(eval_sets, key=lambda e: e.name)
     run = _Run(store, chunk)
     seconds: dict[str, float] = {}
     # One BLAS thread: a multi-threaded OpenBLAS picks other kernels for other thread counts, and the
