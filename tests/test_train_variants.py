@@ -34,3 +34,10 @@ def test_the_loss_ablation_covers_table_2():
     kinds = {load_params([REPO / "params.yaml", p]).train.head.kind
              for p in (REPO / "params" / "casia_ablation").glob("*.yaml")}
     assert kinds == {"softmax", "norm_softmax", "sphereface", "cosface", "arcface", "combined"}
+
+
+def test_the_ms1mv3_recipe_trains_on_its_own_class_count():
+    t = load_params([REPO / "params.yaml", REPO / "params" / "ms1mv3_r100_arcface_torch.yaml"]).train
+    assert (t.backbone.name, t.num_classes, t.head.kind, t.head.s, t.head.m2) == ("r100", 93431, "arcface", 64.0, 0.5)
+    assert (t.batch_size, t.processes, t.epochs, t.schedule.kind, t.amp) == (1024, 8, 20, "poly", "fp16")
+    assert "ms1m-retinaface-t1" in t.pack_dir
