@@ -107,20 +107,20 @@ def test_calfw_two_line_pairs_labels_and_contiguous_folds(tmp_path):
     assert read_pairs("cplfw", tmp_path / "pairs_CALFW.txt", 4) == pairs
 
 
-def test_calfw_errors_name_the_line(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("A_1.jpg 3\nA_2.jpg 4\n", r"pairs.txt: line 2: label 4 differs from line 1's 3"),
+    ("A_1.jpg 3\nA_2.jpg 3\nB_1.jpg 0\n", r"3 lines: expected two lines per pair"),
+    ("A_1.jpg 3\nA_2.jpg x\n", r"line 2: expected '<image file> <label>'"),
+    ("../A_1.jpg 3\nA_2.jpg 3\n", r"line 1: '../A_1.jpg' is not a relative image path"),
+])
+def test_calfw_errors_name_the_line(tmp_path, text, message):
     p = tmp_path / "pairs.txt"
-    p.write_text("A_1.jpg 3\nA_2.jpg 4\n")
-    with pytest.raises(EvalPackError, match=r"pairs.txt: line 2: label 4 differs from line 1's 3"):
+    p.write_text(text)
+    with pytest.raises(EvalPackError, match=message):
         read_two_line_pairs(p)
-    p.write_text("A_1.jpg 3\nA_2.jpg 3\nB_1.jpg 0\n")
-    with pytest.raises(EvalPackError, match=r"3 lines: expected two lines per pair"):
-        read_two_line_pairs(p)
-    p.write_text("A_1.jpg 3\nA_2.jpg x\n")
-    with pytest.raises(EvalPackError, match=r"line 2: expected '<image file> <label>'"):
-        read_two_line_pairs(p)
-    p.write_text("../A_1.jpg 3\nA_2.jpg 3\n")
-    with pytest.raises(EvalPackError, match=r"line 1: '../A_1.jpg' is not a relative image path"):
-        read_two_line_pairs(p)
+
+
+def test_calfw_missing_file_is_named(tmp_path):
     with pytest.raises(EvalPackError, match=r"nope.txt: pairs file does not exist"):
         read_two_line_pairs(tmp_path / "nope.txt")
 

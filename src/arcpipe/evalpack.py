@@ -152,27 +152,27 @@ class _ByTail:
         self._rows = list(zip(manifest["source"].astype(str), manifest["key"].astype(int),
                               manifest["status"].astype(str)))
         self._where = where
-        self._maps: dict[int, dict[str, tuple[int, str, str]]] = {}
+        self._maps: dict[int, tuple[dict[str, tuple[int, str, str]], dict[str, tuple[str, str]]]] = {}
 
     def get(self, image: str) -> Optional[tuple[int, str]]:
-        depth = len(image.split("/"))
+        """(key, status) of the aligned image `image` names, or None where none has that tail."""
+        depth = image.count("/") + 1
         if depth not in self._maps:
-            m: dict[str, tuple[int, str, str]] = {}
+            found: dict[str, tuple[int, str, str]] = {}
+            twins: dict[str, tuple[str, str]] = {}
             for src, key, status in self._rows:
                 t = _tail(src, depth)
-                if t in m and m[t][2] != src:
-                    m[t] = (-2, "", m[t][2] + "\n" + src)  # ambiguous
-                else:
-                    m[t] = (key, status, src)
-            self._maps[depth] = m
-        hit = self._maps[depth].get(image)
-        if hit is None:
-            return None
-        if hit[0] == -2:
-            a, b = hit[2].split("\n")[:2]
+                if t in found and found[t][2] != src:
+                    twins.setdefault(t, (found[t][2], src))
+                found[t] = (key, status, src)
+            self._maps[depth] = found, twins
+        found, twins = self._maps[depth]
+        if image in twins:
+            a, b = twins[image]
             raise EvalPackError(f"{self._where}: image {image} names more than one image of the aligned set "
                                 f"({a} and {b}); the pairs file must name it deeper")
-        return hit[0], hit[1]
+        hit = found.get(image)
+        return None if hit is None else hit[:2]
 
 
 def build_bin(aligned, pairs: Sequence["Pair"], pairs_path: str | Path, on_missing: str = "skip"
@@ -192,13 +192,10 @@ def build_bin(aligned, pairs: Sequence["Pair"], pairs_path: str | Path, on_missi
     skipped = []
     cache: dict[int, bytes] = {}
     for p in pairs:
-        absent = []
-        for img in (p.image1, p.image2):
-            hit = by_tail.get(img)
-            if hit is None:
-                absent.append((img, "not in the aligned set"))
-            elif hit[0] < 0:
-                absent.append((img, f"no crop (status {hit[1]})"))
+        images = (p.image1, p.image2)
+        hits = [by_tail.get(img) for img in images]
+        absent = [(img, "not in the aligned set" if hit is None else f"no crop (status {hit[1]})")
+                  for img, hit in zip(images, hits) if hit is None or hit[0] < 0]
         if absent:
             for img, why in absent:
                 missing[img] = why
@@ -208,8 +205,7 @@ def build_bin(aligned, pairs: Sequence["Pair"], pairs_path: str | Path, on_missi
                 raise EvalPackError(f"{where}: line {p.line}: image {img} is missing: {why}")
             skipped.append(f"{p.file}:{p.line}" if p.file else p.line)
             continue
-        for img in (p.image1, p.image2):
-            k = by_tail.get(img)[0]
+        for k, _ in hits:
             if k not in cache:
                 cache[k] = aligned.read_jpeg(k)
             bins.append(cache[k])
