@@ -12,7 +12,8 @@ machine without CUDA the harness makes Tensor.cuda() return the tensor itself in
 (the only shim; their code is not edited).
 
 Also: how fast the data loader (RecDataset over train.rec, --loader-workers processes) delivers
-images, against what one training step consumes.
+images, against what one training step consumes; and the DALI loader (train.loader: dali, over
+train_flat.rec, --loader-workers threads) where nvidia-dali is installed.
 
     git -C <insightface checkout> archive HEAD recognition/arcface_torch | tar -x -C /tmp/ref
     python benchmarks/bench_train.py --reference /tmp/ref/recognition/arcface_torch [--rec data/pack/train.rec]
@@ -119,6 +120,37 @@ def loader_rate(rec: Path, batch: int, workers: int, batches: int = 40) -> float
     return n / (time.perf_counter() - t0)
 
 
+def dali_rate(rec: Path, batch: int, threads: int, batches: int = 40) -> float | None:
+    """The same for train.loader dali (DALI on the CPU over train_flat.rec beside `rec`); None
+    where nvidia-dali is not installed or the pack has no flat copy."""
+    sys.path.insert(0, str(REPO / "src"))
+    import torch
+
+    from arcpipe.train.dali import DaliBatches, flat_files
+
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return None
+    flat, idx = flat_files(rec.parent)
+    if not flat.is_file():
+        return None
+    b = DaliBatches(flat, idx, 0, 1, 0, batch, threads, torch.device("cpu"))
+    it, epoch = b.epoch(0), 0
+    next(it)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            epoch += 1
+            it = b.epoch(epoch)
+            x, _ = next(it)
+        n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, required=True, help="an extracted arcface_torch folder")
@@ -156,6 +188,10 @@ def main() -> None:
         step = max(res[(m, 1, "ours")] for m in a.models)
         print(f"\ndata loader ({a.rec}, {a.loader_workers} workers): {rate:.0f} images/s, "
               f"{rate / step:.1f}x what the fastest training step above consumes ({step:.1f} samples/s)")
+        rate = dali_rate(a.rec, a.batch, a.loader_workers)
+        if rate is not None:
+            print(f"DALI loader (train_flat.rec, CPU, {a.loader_workers} threads): {rate:.0f} images/s, "
+                  f"{rate / step:.1f}x that")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ def pytest_configure(config):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Under CI, a test marked `reference` that skips (its side venv or weights are missing) fails
-    instead, with the skip's reason: CI must run the comparisons, not report them as skipped."""
+    """Under CI, a test marked `reference` (its side venv or weights are missing) or `dali`
+    (nvidia-dali is not installed) that skips fails instead, with the skip's reason: CI must run
+    them, not report them as skipped."""
     outcome = yield
     rep = outcome.get_result()
-    if not (rep.skipped and in_ci() and item.get_closest_marker("reference") is not None):
+    marker = next((m for m in ("reference", "dali") if item.get_closest_marker(m) is not None), None)
+    if not (rep.skipped and in_ci() and marker):
         return
     if hasattr(rep, "wasxfail"):
         return
@@ -40,4 +42,4 @@ def pytest_runtest_makereport(item, call):
     if reason.startswith("Skipped: "):
         reason = reason[len("Skipped: "):]
     rep.outcome = "failed"
-    rep.longrepr = f"reference test could not run under CI=true (it would have skipped): {reason}"
+    rep.longrepr = f"{marker} test could not run under CI=true (it would have skipped): {reason}"

@@ -79,7 +79,10 @@ class TrainParams(Section):
     # clip the gradient norm of the backbone and head to this (null: no clipping)
     grad_clip: Optional[PositiveFloat] = None
     seed: NonNegInt = 0
-    # DataLoader worker processes per rank
+    # torch: train.rec through a DataLoader; dali: the pack's flat shuffled copy (train_flat.rec)
+    # through NVIDIA DALI, decoding on the GPU under CUDA (needs nvidia-dali: arcpipe.train.dali)
+    loader: Literal["torch", "dali"] = "torch"
+    # DataLoader worker processes per rank (DALI: its decoding threads)
     workers: NonNegInt = 2
     # checkpoint every this many steps (and at every epoch's end); logging and verification likewise
     checkpoint_every: PositiveInt = 500

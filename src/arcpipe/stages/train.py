@@ -38,7 +38,7 @@ def sidecar_fields(p, name: str, trained: bool = True) -> dict[str, Any]:
     return {"input_size": [112, 112], "crop": "arcface112", "mean": 127.5, "std": 127.5, "channel_order": "rgb",
             "embedding_size": bb.embedding_size, "layout": "nchw", "name": name, "architecture": arch,
             "loss": f"{p.head.kind} (s={p.head.s}, m1={p.head.m1}, m2={p.head.m2}, m3={p.head.m3}, k={p.head.k})",
-            "trained_on": str(Path(p.pack_dir) / "train.rec") if trained else None,
+            "trained_on": str(Path(p.pack_dir) / ("train_flat.rec" if p.loader == "dali" else "train.rec")) if trained else None,
             "notes": None if trained else f"the initial weights of this run (seed {p.seed}), never trained"}
 
 
@@ -105,9 +105,10 @@ def _verifier(ctx, p, place):
     return verify
 
 
-def run_inputs(pack: Path, stage: str = "train") -> dict[str, Any]:
+def run_inputs(pack: Path, stage: str = "train", flat: bool = False) -> dict[str, Any]:
     """What decides the weights besides the params: the pack (its index and property, which change
-    with any record, and the .rec's size) and the code the stage runs (every file's sha256)."""
+    with any record, and the .rec's size; `flat`: the flat copy's too, which DALI reads) and the
+    code the stage runs (every file's sha256)."""
     from ..fsutil import digest_of, sha256_file
     from .code import REPO, stage_code_files
 
@@ -117,8 +118,12 @@ def run_inputs(pack: Path, stage: str = "train") -> dict[str, Any]:
         here = Path(__file__).resolve().parents[1]
         files = {str(f.relative_to(here)): f for f in sorted(here.rglob("*.py"))}
     code = digest_of([[name, sha256_file(f)] for name, f in sorted(files.items())])
-    return {"pack": {"rec_bytes": (pack / "train.rec").stat().st_size, "idx_sha256": sha256_file(pack / "train.idx"),
-                     "property_sha256": sha256_file(pack / "property")}, "code": code}
+    packed = {"rec_bytes": (pack / "train.rec").stat().st_size, "idx_sha256": sha256_file(pack / "train.idx"),
+              "property_sha256": sha256_file(pack / "property")}
+    if flat:
+        packed.update(flat_rec_bytes=(pack / "train_flat.rec").stat().st_size,
+                      flat_idx_sha256=sha256_file(pack / "train_flat.idx"))
+    return {"pack": packed, "code": code}
 
 
 def run(ctx) -> dict[str, Any]:
@@ -134,6 +139,14 @@ def run_section(ctx, p) -> dict[str, Any]:
     pack = ctx.require_path(f"{ctx.name}.pack_dir", p.pack_dir)
     for f in ("train.rec", "train.idx", "property"):
         ctx.require_path(f"{ctx.name}.pack_dir", pack / f)
+    if p.loader == "dali":
+        from ..train.dali import flat_files, require_dali
+
+        require_dali(ctx.name)
+        for f in flat_files(pack):
+            if not f.is_file():
+                raise PipelineError(f"{f}: no such file: {ctx.name}.loader dali reads the pack's flat shuffled copy, "
+                                    f"which the pack stages write when their flat_shuffled is true")
     num_classes = _class_count(ctx, p, pack)
     verify_paths = {n: ctx.require_path(f"{ctx.name}.verification.{n}", v) for n, v in p.verification.items()}
     started = _start_ranks(ctx, p)
@@ -144,12 +157,13 @@ def run_section(ctx, p) -> dict[str, Any]:
     try:
         if not place.main:
             _quiet_other_ranks(ctx, place)
-        ctx.log.info("rank %d of %d on %s; %d classes; run %s", place.rank, place.world_size, place.device,
-                     num_classes, p.backbone.name)
-        with ctx.working_on(f"training {p.backbone.name} on {pack / 'train.rec'}"):
+        ctx.log.info("rank %d of %d on %s; %d classes; run %s; %s loader", place.rank, place.world_size,
+                     place.device, num_classes, p.backbone.name, p.loader)
+        with ctx.working_on(f"training {p.backbone.name} on {pack} ({p.loader} loader)"):
             result = train(p, place, pack / "train.rec", num_classes, ctx.log,
                            live=LiveLog(p.live_dir) if place.main else None, verify=_verifier(ctx, p, place),
-                           inputs=run_inputs(pack, ctx.name), section=ctx.name)
+                           inputs=run_inputs(pack, ctx.name, flat=p.loader == "dali"),
+                           section=ctx.name)
         counts = {"rank": place.rank, "world_size": place.world_size, "steps": result["steps"],
                   "epochs": result["epochs"], "final_loss": result["final_loss"], "run_id": result["run_id"]}
         if place.main:

@@ -41,16 +41,28 @@ class EpochSampler(Sampler[int]):
         return (self.steps() - self.skip) * self.batch_size
 
 
-def open_dataset(rec_path, seed: int) -> RecDataset:
-    return RecDataset(rec_path, train=True, seed=seed)
+class TorchBatches:
+    """This rank's training batches from train.rec through a torch DataLoader (`train.loader:
+    torch`), one epoch at a time: epoch(e, s) gives epoch e's batches from batch s on."""
 
+    def __init__(self, rec_path, rank: int, world_size: int, seed: int, batch_size: int, workers: int,
+                 pin_memory: bool = False):
+        self.source = rec_path
+        self.dataset = RecDataset(rec_path, train=True, seed=seed)
+        self.sampler = EpochSampler(self.dataset, rank, world_size, seed, batch_size)
+        self.workers, self.pin_memory = workers, pin_memory
 
-def epoch_loader(dataset: RecDataset, sampler: EpochSampler, epoch: int, skip_batches: int, workers: int,
-                 pin_memory: bool = False) -> DataLoader:
-    """The batches of one epoch (workers started for it: they see the epoch's flips)."""
-    dataset.set_epoch(epoch)
-    sampler.set_epoch(epoch, skip_batches)
-    return DataLoader(dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=workers,
-                      drop_last=True, pin_memory=pin_memory, persistent_workers=False,
-                      prefetch_factor=4 if workers else None,
-                      generator=torch.Generator().manual_seed(0))
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def steps(self) -> int:
+        return self.sampler.steps()
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
+        """The batches of one epoch (workers started for it: they see the epoch's flips)."""
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, skip_batches)
+        return DataLoader(self.dataset, batch_size=self.sampler.batch_size, sampler=self.sampler,
+                          num_workers=self.workers, drop_last=True, pin_memory=self.pin_memory,
+                          persistent_workers=False, prefetch_factor=4 if self.workers else None,
+                          generator=torch.Generator().manual_seed(0))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..errors import PipelineError
 from . import checkpoint as ck
 from .amp import LossScaler, autocast_dtype
-from .data import EpochSampler, epoch_loader, open_dataset
+from .data import TorchBatches
 from .dist import Place, all_finite, barrier, gather_objects
 from .schedule import lr_at
 
@@ -94,6 +94,18 @@ def _agreed_start(place: Place, mine: Optional[Path], section: str) -> Optional[
     return None if chosen is None else Path(chosen)
 
 
+def open_batches(p, place: Place, rec_path: Path, per_rank: int, section: str = "train"):
+    """This rank's batch source: train.rec through torch's DataLoader, or (loader dali) the
+    pack's flat shuffled copy beside it through DALI (arcpipe.train.dali)."""
+    if p.loader == "dali":
+        from .dali import DaliBatches, flat_files
+
+        rec, idx = flat_files(Path(rec_path).parent)
+        return DaliBatches(rec, idx, place.rank, place.world_size, p.seed, per_rank, p.workers, place.device)
+    return TorchBatches(rec_path, place.rank, place.world_size, p.seed, per_rank, p.workers,
+                        pin_memory=place.device.type == "cuda")
+
+
 def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, verify=None,
           inputs: Optional[dict[str, Any]] = None, section: str = "train") -> dict[str, Any]:
     """Train to the end of the schedule (resuming this run's newest checkpoint); returns the
@@ -104,12 +116,11 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
         raise PipelineError(f"{section}.batch_size {p.batch_size} does not divide over {place.world_size} ranks "
                             f"(each rank takes an equal share of the global batch)")
     per_rank = p.batch_size // place.world_size
-    dataset = open_dataset(rec_path, p.seed)
-    sampler = EpochSampler(dataset, place.rank, place.world_size, p.seed, per_rank)
-    steps_per_epoch = sampler.steps()
+    batches = open_batches(p, place, rec_path, per_rank, section)
+    steps_per_epoch = batches.steps()
     if steps_per_epoch == 0:
-        raise PipelineError(f"{rec_path}: {len(dataset)} images cannot make one batch of {p.batch_size} "
-                            f"({section}.batch_size)")
+        raise PipelineError(f"{batches.source}: {len(batches)} images cannot make one batch of {p.batch_size} "
+                            f"({section}.batch_size over {place.world_size} rank(s))")
     total = p.max_steps or p.epochs * steps_per_epoch
     backbone, head = build_model(p, num_classes, place)
     model = backbone
@@ -148,9 +159,7 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
     model.train()
     head.train()
     while prog.step < total:
-        loader = epoch_loader(dataset, sampler, prog.epoch, prog.batch, p.workers,
-                              pin_memory=place.device.type == "cuda")
-        for images, labels in loader:
+        for images, labels in batches.epoch(prog.epoch, prog.batch):
             lr = lr_at(prog.step, p.lr, p.schedule, total)
             for opt in (opt_b, opt_h):
                 for g in opt.param_groups:
