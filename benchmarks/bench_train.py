@@ -2,7 +2,8 @@
 
 Each side trains the same math on the same input: the backbone (iResNet-50 or MobileFaceNet,
 512-d), ArcFace (s = 64, m = 0.5) over Partial FC at sample rate 1, SGD (momentum 0.9, weight
-decay 5e-4), float32, batch --batch per process; one process and two gloo processes
+decay 5e-4), float32, batch --batch per process (each side in the memory layout its own training
+loop uses: ours channels-last, arcface_torch's train_v2.py the default); one process and two gloo processes
 (torchrun --standalone). Samples per second are taken over --steps steps after two warm-up steps,
 from rank 0, the best of --repeat runs.
 
@@ -54,6 +55,7 @@ def worker(a) -> None:
 
         net = build_backbone(a.model, embedding_size=512)
         head = build_head("arcface", 512, NUM_CLASSES, s=64.0, m1=1.0, m2=0.5, m3=0.0)
+        layout = torch.channels_last  # as the train stage's loop runs it
     else:
         if not torch.cuda.is_available():
             torch.Tensor.cuda = lambda self, *args, **kw: self  # noqa: E731  (see the docstring)
@@ -63,13 +65,15 @@ def worker(a) -> None:
         from partial_fc_v2 import PartialFC_V2
 
         net = get_model(a.model, fp16=False, num_features=512)
+        layout = torch.contiguous_format  # as train_v2.py runs it
         head = PartialFC_V2(CombinedMarginLoss(64.0, 1.0, 0.5, 0.0), 512, NUM_CLASSES, 1.0, False)
+    net = net.to(memory_format=layout)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD([{"params": net.parameters()}, {"params": head.parameters()}], lr=0.1, momentum=0.9,
                           weight_decay=5e-4)
     g = torch.Generator().manual_seed(rank)
-    x = torch.randn(a.batch, 3, 112, 112, generator=g)
+    x = torch.randn(a.batch, 3, 112, 112, generator=g).contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (a.batch,), generator=g)
     net.train()
     for i in range(2 + a.steps):
