@@ -102,15 +102,10 @@ def run_side(a, side: str, model: str, procs: int) -> float:
     return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])["samples_per_s"]
 
 
-def loader_rate(rec: Path, batch: int, workers: int, batches: int = 40) -> float:
-    sys.path.insert(0, str(REPO / "src"))
-    from torch.utils.data import DataLoader
-
-    from arcpipe.datasets import RecDataset
-
-    ds = RecDataset(rec, train=True)
-    dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
-    it = iter(dl)
+def _images_per_second(epochs, batches: int) -> float:
+    """Images a second over `batches` batches of `epochs()` (an iterator of one-epoch iterables,
+    the next epoch begun where one ends), after a first batch that starts the workers."""
+    it = iter(next(epochs))
     next(it)
     t0 = time.perf_counter()
     n = 0
@@ -118,16 +113,28 @@ def loader_rate(rec: Path, batch: int, workers: int, batches: int = 40) -> float
         try:
             x, _ = next(it)
         except StopIteration:
-            it = iter(dl)
+            it = iter(next(epochs))
             x, _ = next(it)
         n += x.shape[0]
     return n / (time.perf_counter() - t0)
+
+
+def loader_rate(rec: Path, batch: int, workers: int, batches: int = 40) -> float:
+    sys.path.insert(0, str(REPO / "src"))
+    from torch.utils.data import DataLoader
+
+    from arcpipe.datasets import RecDataset
+
+    dl = DataLoader(RecDataset(rec, train=True), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
+    return _images_per_second(iter(lambda: dl, None), batches)
 
 
 def dali_rate(rec: Path, batch: int, threads: int, batches: int = 40) -> float | None:
     """The same for train.loader dali (DALI on the CPU over train_flat.rec beside `rec`); None
     where nvidia-dali is not installed or the pack has no flat copy."""
     sys.path.insert(0, str(REPO / "src"))
+    import itertools
+
     import torch
 
     from arcpipe.train.dali import DaliBatches, flat_files
@@ -140,19 +147,7 @@ def dali_rate(rec: Path, batch: int, threads: int, batches: int = 40) -> float |
     if not flat.is_file():
         return None
     b = DaliBatches(flat, idx, 0, 1, 0, batch, threads, torch.device("cpu"))
-    it, epoch = b.epoch(0), 0
-    next(it)
-    t0 = time.perf_counter()
-    n = 0
-    for _ in range(batches):
-        try:
-            x, _ = next(it)
-        except StopIteration:
-            epoch += 1
-            it = b.epoch(epoch)
-            x, _ = next(it)
-        n += x.shape[0]
-    return n / (time.perf_counter() - t0)
+    return _images_per_second((b.epoch(e) for e in itertools.count()), batches)
 
 
 def main() -> None:

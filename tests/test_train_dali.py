@@ -17,8 +17,7 @@ import yaml
 
 from arcpipe.datasets import RecDataset
 from arcpipe.stages import main
-from test_pack import make_aligned
-from test_train_stage import TINY
+from test_train_stage import TINY, tiny_pack
 
 dali = pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (pip install -e '.[test]')")
 pytestmark = pytest.mark.dali
@@ -31,14 +30,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory) -> Path:
     """5 identities x 7 images, with the flat shuffled copy (35 records)."""
-    root = tmp_path_factory.mktemp("dalipack")
-    rows = [(f"id{i}/{j}.jpg", f"id{i}", "ok") for i in range(5) for j in range(7)]
-    make_aligned(root / "align" / "train", rows)
-    (root / "p.yaml").write_text(yaml.safe_dump({"align": {"out_dir": str(root / "align")},
-                                                 "pack": {"dataset": "train", "out_dir": str(root / "pack"),
-                                                          "flat_shuffled": True}}))
-    assert main("pack", ["--params", str(root / "p.yaml")]) == 0
-    return root / "pack"
+    return tiny_pack(tmp_path_factory.mktemp("dalipack"), identities=5, per=7, flat=True)
 
 
 def _batches(pack: Path, **kw) -> DaliBatches:

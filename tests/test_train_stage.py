@@ -26,12 +26,12 @@ TINY = {"backbone": {"name": "r18", "embedding_size": 32, "width": 0.125, "layer
         "verify_every": 100, "lr": 0.05, "schedule": {"kind": "poly", "warmup_steps": 2}}
 
 
-def tiny_pack(root: Path, identities: int = 4, per: int = 6) -> Path:
+def tiny_pack(root: Path, identities: int = 4, per: int = 6, flat: bool = False) -> Path:
     rows = [(f"id{i}/{j}.jpg", f"id{i}", "ok") for i in range(identities) for j in range(per)]
     make_aligned(root / "align" / "train", rows)
     (root / "p.yaml").write_text(yaml.safe_dump({"align": {"out_dir": str(root / "align")},
                                                  "pack": {"dataset": "train", "out_dir": str(root / "pack"),
-                                                          "flat_shuffled": False}}))
+                                                          "flat_shuffled": flat}}))
     assert main("pack", ["--params", str(root / "p.yaml")]) == 0
     return root / "pack"
 
