@@ -121,8 +121,10 @@ def run_inputs(pack: Path, stage: str = "train", flat: bool = False) -> dict[str
     packed = {"rec_bytes": (pack / "train.rec").stat().st_size, "idx_sha256": sha256_file(pack / "train.idx"),
               "property_sha256": sha256_file(pack / "property")}
     if flat:
-        packed.update(flat_rec_bytes=(pack / "train_flat.rec").stat().st_size,
-                      flat_idx_sha256=sha256_file(pack / "train_flat.idx"))
+        from ..train.dali import flat_files
+
+        rec, idx = flat_files(pack)
+        packed.update(flat_rec_bytes=rec.stat().st_size, flat_idx_sha256=sha256_file(idx))
     return {"pack": packed, "code": code}
 
 

@@ -22,30 +22,24 @@ import numpy as np
 import torch
 
 from ..errors import PipelineError
+from ..recordio import read_idx
 
 __all__ = ["DaliBatches", "require_dali", "flat_files"]
 
 INSTALL = "pip install nvidia-dali-cuda120 (or the build for your CUDA; see the README)"
 
 
-def require_dali(section: str = "train"):
-    """The nvidia.dali module, or one line saying how to get it."""
+def require_dali(section: str = "train") -> None:
+    """nvidia-dali imports, or one line saying how to get it."""
     try:
-        import nvidia.dali as dali  # noqa: F401
         from nvidia.dali import fn, pipeline_def, types  # noqa: F401
     except ImportError as e:
         raise PipelineError(f"{section}.loader is dali, but nvidia-dali cannot be imported ({e}): {INSTALL}, "
                             f"or set {section}.loader: torch") from None
-    return dali
 
 
 def flat_files(pack: Path) -> tuple[Path, Path]:
     return pack / "train_flat.rec", pack / "train_flat.idx"
-
-
-def _count_records(idx: Path) -> int:
-    with open(idx, "rb") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -67,7 +61,7 @@ class DaliBatches:
         self.batch_size, self.threads = batch_size, max(1, threads)
         self.device = device
         self.shuffle, self.flip, self.initial_fill = shuffle, flip, initial_fill
-        self.num_images = _count_records(self.idx)
+        self.num_images = len(read_idx(self.idx)[0])
 
     def __len__(self) -> int:
         return self.num_images
@@ -101,26 +95,23 @@ class DaliBatches:
         try:
             p.build()
         except RuntimeError as e:
-            raise PipelineError(f"{self.rec}: DALI cannot open it: {_first_line(e)}") from None
+            raise PipelineError(f"{self.rec}: DALI cannot open it: {_cause(e)}") from None
         return p
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `epoch` from batch `skip_batches` on."""
         steps = self.steps()
         p = self._pipeline(epoch)
-        try:
-            for b in range(steps):
-                try:
-                    images, labels = p.run()
-                except RuntimeError as e:
-                    raise PipelineError(f"{self.rec}: DALI failed in batch {b + 1} of epoch {epoch} "
-                                        f"(shard {self.shard_of(epoch)}): {_first_line(e)} "
-                                        f"(scripts/rectool.py verify names bad records)") from None
-                if b < skip_batches:
-                    continue
-                yield self._images(images), torch.from_numpy(np.array(labels.as_tensor())).reshape(-1).long()
-        finally:
-            del p
+        for b in range(steps):
+            try:
+                images, labels = p.run()
+            except RuntimeError as e:
+                raise PipelineError(f"{self.rec}: DALI failed in batch {b + 1} of epoch {epoch} "
+                                    f"(shard {self.shard_of(epoch)}): {_cause(e)} "
+                                    f"(scripts/rectool.py verify names bad records)") from None
+            if b < skip_batches:
+                continue
+            yield self._images(images), torch.from_numpy(np.array(labels.as_tensor())).reshape(-1).long()
 
     def _images(self, images) -> torch.Tensor:
         t = images.as_tensor()
@@ -133,7 +124,7 @@ class DaliBatches:
         return out
 
 
-def _first_line(e: BaseException) -> str:
+def _cause(e: BaseException) -> str:
     """The cause in DALI's multi-line message: the line after "encountered:", without its assert."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     at = next((i + 1 for i, ln in enumerate(lines) if ln == "encountered:"), None)
