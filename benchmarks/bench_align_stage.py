@@ -1,6 +1,8 @@
 """The align stage as the user waits for it: crops per second per core, side by side with the loop
 a user would write with the reference (cv2.imread, insightface's norm_crop, cv2.imencode at the
-same JPEG quality) and with the floor of decode + encode alone, on the same images, in one run.
+same JPEG quality) and with the floor of decode + encode alone, on the same images, in one run;
+also the loop with our estimate and warp in the reference's place (decode + warp + encode, none
+of the stage's checks, manifest or RecordIO): the floor of any aligner that warps.
 
 Images: the sample's LFW-style photos (250x250 JPEGs; run `dvc repro` or `python scripts/sample.py`
 first), copied to --n files in identity folders, with landmarks from our detect stage. Every side
@@ -38,12 +40,16 @@ lmks = df[cols].to_numpy(np.float64).reshape(-1, 5, 2)
 paths = [f"{root}/{s}" for s in df["source"]]
 if mode == "reference":
     from insightface.utils.face_align import norm_crop
+elif mode == "warp":  # our estimate and warp, with nothing of the stage around them
+    from arcpipe.align.transform import estimate_norm, warp
+    def norm_crop(img, lm, size):
+        return warp(img, estimate_norm(lm, size), size)
 import warnings; warnings.simplefilter("ignore")
 t0 = time.perf_counter()
 n = 0
 for path, lm in zip(paths, lmks):
     img = cv2.imread(path)
-    crop = norm_crop(img, lm, 112) if mode == "reference" else img[:112, :112]
+    crop = img[:112, :112] if mode == "floor" else norm_crop(img, lm, 112)
     ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
     n += len(buf)
 print(json.dumps({"seconds": time.perf_counter() - t0, "crops": len(paths), "bytes": n}))
@@ -124,6 +130,7 @@ def main() -> None:
     for rep in range(a.repeat):  # alternate the sides, keep each one's best
         for name, fn in [("reference loop", lambda: run_loop("reference", a.work, quality)),
                          ("decode + encode floor", lambda: run_loop("floor", a.work, quality)),
+                         ("decode + our warp + encode", lambda: run_loop("warp", a.work, quality)),
                          ("align stage, 1 worker", lambda: run_stage(a.work, pfile, 1)),
                          ("align stage, 2 workers", lambda: run_stage(a.work, pfile, 2))]:
             rate = fn()

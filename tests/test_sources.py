@@ -37,6 +37,11 @@ def test_folder_order_identity_and_sharding(tmp_path):
     (tmp_path / "a" / "0.jpg").unlink()
     with pytest.raises(SourceError, match="0.jpg"):
         src.read(items[0])
+    # the plain-system-call read returns every byte, of an empty file and of a large one
+    big = np.random.default_rng(5).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "a" / "1.jpg").write_bytes(big)
+    (tmp_path / "a" / "2.jpg").write_bytes(b"")
+    assert src.read(items[1]) == big and src.read(items[2]) == b""
 
 
 def test_ms1m_tsv_rows_and_broken_base64(tmp_path):

@@ -53,6 +53,26 @@ class Item:
     error: str = ""  # known-unreadable while listing: the reason
 
 
+def _read_whole(path: str) -> bytes:
+    """A file's bytes by plain system calls: a third of the time of Path.read_bytes for the small
+    images a folder data set holds (no buffered-reader layers to set up per file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size)
+        if len(data) < size:  # a short read (huge files, signals): the rest in a loop
+            chunks = [data]
+            while True:
+                more = os.read(fd, 1 << 24)
+                if not more:
+                    break
+                chunks.append(more)
+            data = b"".join(chunks)
+        return data
+    finally:
+        os.close(fd)
+
+
 def content_hash(data: bytes) -> str:
     """Cheap fingerprint of an input's bytes (the align stage checks the image did not change)."""
     return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}{len(data):x}"
@@ -211,9 +231,9 @@ class Source:
     def read(self, item: Item) -> bytes:
         if item.error:
             raise SourceError(item.error)
-        path = self.root / item.loc[0]
+        path = os.path.join(self.root, item.loc[0])
         try:
-            return path.read_bytes()
+            return _read_whole(path)
         except OSError as e:
             raise SourceError(f"{path}: cannot read: {e.strerror or e}") from None
 

@@ -8,6 +8,7 @@ must be those detect saw (their content hash).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,18 @@ def init_worker(fmt: str, root: str, size: int, quality: int, margin: float, max
 
     cv2.setNumThreads(1)
     _W.clear()
-    _W.update(source=open_source(fmt, root), size=size, quality=quality, margin=margin, max_pixels=max_pixels)
+    _W.update(source=open_source(fmt, root), size=size, quality=quality, margin=margin, max_pixels=max_pixels,
+              template=A.template(size).tolist())
+
+
+def _align_error(lm: np.ndarray, M: np.ndarray, template: list) -> float:
+    """Mean distance (pixels of the crop) from the warped landmarks to the template's points; in
+    plain floats, a fifth of the time of the same in numpy for five points."""
+    (a, b, c), (d, e, f) = M.tolist()
+    total = 0.0
+    for (x, y), (u, v) in zip(lm.tolist(), template):
+        total += math.hypot(a * x + b * y + c - u, d * x + e * y + f - v)
+    return total / 5.0
 
 
 def align_batch(work: list[tuple[dict, Any]]) -> list[tuple[dict, bytes | None]]:
@@ -54,8 +66,7 @@ def align_batch(work: list[tuple[dict, Any]]) -> list[tuple[dict, bytes | None]]
             if np.isfinite(lm).all():
                 M = A.estimate_norm(lm, size)
                 face = A.warp(d.image, M, size)
-                err = float(np.sqrt(((A.transform_points(lm, M) - A.template(size)) ** 2).sum(1)).mean())
-                upd["align_error"] = err * 112.0 / size  # in pixels of a 112 crop
+                upd["align_error"] = _align_error(lm, M, _W["template"]) * 112.0 / size  # in pixels of a 112 crop
             else:
                 box = [row[c] for c in BOX_COLUMNS]
                 margin = _W["margin"] if row["origin"] == "given_box" else 0.0
