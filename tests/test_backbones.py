@@ -131,3 +131,23 @@ def test_fp16_is_bf16_autocast_on_cpu_with_a_float32_head():
 def test_bad_arguments_say_what_is_wrong(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         build_backbone(**kwargs)
+
+
+def test_narrow_nets_train_in_the_plain_layout_on_cpu():
+    """channels-last on the CPU only where oneDNN's 1x1 weight gradient does not crash (it took
+    the process down for 8-channel layers); a narrow net's backward step runs, in either case."""
+    from arcpipe.train.backbones import build_backbone
+    from arcpipe.train.loop import memory_layout
+
+    cpu = torch.device("cpu")
+    narrow = build_backbone("r18", embedding_size=32, width=0.125, layers=[1, 1, 1, 1])
+    wide = build_backbone("r18", embedding_size=32, width=0.25, layers=[1, 1, 1, 1])
+    assert memory_layout(narrow, cpu) == torch.contiguous_format
+    assert memory_layout(wide, cpu) == torch.channels_last
+    assert memory_layout(narrow, torch.device("cuda")) == torch.channels_last
+    x = torch.randn(4, 3, 112, 112)
+    for net in (narrow, wide):
+        layout = memory_layout(net, cpu)
+        net = net.to(memory_format=layout)
+        net(x.contiguous(memory_format=layout)).sum().backward()
+        assert all(p.grad is not None for p in net.parameters() if p.requires_grad)

@@ -41,6 +41,21 @@ class Progress:
     pending: list = field(default_factory=list)  # losses since the last logged step (a log window)
 
 
+# oneDNN's AVX-512 1x1-convolution weight gradient (torch 2.13's CPU build) crashes the process
+# (SIGSEGV) in channels-last for narrow layers: seen for 4 or 8 input channels (4->8, 8->8, 8->16
+# with stride 2), not for 12 or more; such nets are only the tiny ones of tests and smoke runs.
+_MIN_CHANNELS_LAST_1X1 = 16
+
+
+def memory_layout(backbone: torch.nn.Module, device: torch.device) -> torch.memory_format:
+    """channels-last, except on the CPU for a net with a 1x1 convolution narrower than
+    _MIN_CHANNELS_LAST_1X1 input channels, which trains in the plain layout (same values)."""
+    if device.type == "cpu":
+        for m in backbone.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels < _MIN_CHANNELS_LAST_1X1:
+                return torch.contiguous_format
+    return torch.channels_last
+
 def build_model(p, num_classes: int, place: Place):
     from .backbones import build_backbone
     from .losses import build_head
@@ -125,7 +140,8 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
     backbone, head = build_model(p, num_classes, place)
     # channels-last (NHWC) convolutions: 1.4x the float32 step of the sample's net on 2 CPU cores
     # (mkldnn), faster on GPUs too; the values and the exported model are the same layout-free net
-    backbone = backbone.to(memory_format=torch.channels_last)
+    layout = memory_layout(backbone, place.device)
+    backbone = backbone.to(memory_format=layout)
     model = backbone
     if place.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -167,7 +183,7 @@ def train(p, place: Place, rec_path: Path, num_classes: int, log, live=None, ver
             for opt in (opt_b, opt_h):
                 for g in opt.param_groups:
                     g["lr"] = lr
-            images = images.to(place.device, non_blocking=True, memory_format=torch.channels_last)
+            images = images.to(place.device, non_blocking=True, memory_format=layout)
             labels = labels.to(place.device, non_blocking=True)
             with torch.autocast(place.device.type, dtype=dtype, enabled=dtype is not None):
                 emb = model(images)
