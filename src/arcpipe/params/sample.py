@@ -38,6 +38,10 @@ class SampleParams(Section):
     # stage must find; more identities than base faces share them, several to a base face
     identities: PositiveInt = 65
     images_per_identity: PositiveInt = 24
+    # a training view (clean or mislabelled) that MTCNN at the MS1M preset misses is drawn again,
+    # up to this many times, as MS-Celeb-1M's images are all faces a detector found
+    # (arcpipe.sample.detectable); 0: every first draw, unchecked
+    detector_redraws: NonNegInt = 8
     # base faces kept for the evaluation sets (not scaled: the pool of real faces is fixed); the
     # rest make the training identities. 0: evaluation identities share the training base faces
     eval_bases: NonNegInt = 30

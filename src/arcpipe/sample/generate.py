@@ -24,6 +24,7 @@ from . import layouts
 from .identities import IdentitySpec, make_spec, render_identity
 from .names import freebase_mids, person_names
 from .noise import CORRUPT_KINDS, corrupt_file_bytes, corrupt_tsv_field
+from .detectable import draw_detectable
 from .render import View, render_non_face, render_view
 from .base_faces import base_faces, non_face_images
 
@@ -300,21 +301,34 @@ def _build_train(plan: Plan, w: Writer, keys: list[str], split_idx: list[int], l
     files: dict[str, list[_TrainFile]] = {m: [] for m in mids}
     split_labels = dict(zip((keys[i] for i in split_idx), mids[len(keys):]))
 
+    checks = {"redrawn": 0, "undetected": 0}
+
+    def views(key: str, requests: list[tuple]) -> list[tuple[View, bytes, tuple]]:
+        """The identity's training views, each one a face the MS1M detector finds (detectable.py)."""
+        out = []
+        for v, data, parts, ok in draw_detectable(lambda parts: plan.view(key, "ms1m", *parts), requests,
+                                                  p.detector_redraws):
+            checks["redrawn"] += parts != requests[len(out)]
+            checks["undetected"] += not ok
+            out.append((v, data, parts))
+        return out
+
+    parts_of: dict[tuple[str, int], tuple] = {}
     for key in keys:
         identities[key]["names"]["train"] = label_of[key]
-        for i in range(n_img):
-            v = plan.view(key, "ms1m", "train", i)
+        for i, (v, data, parts) in enumerate(views(key, [("train", i) for i in range(n_img)])):
+            parts_of[key, i] = parts
             label = label_of[key]
             if key in split_labels and i >= n_img // 2:
                 label = split_labels[key]
-            files[label].append(_TrainFile(label, len(files[label]) + 1, v.jpeg(), _rect_of(v)))
+            files[label].append(_TrainFile(label, len(files[label]) + 1, data, _rect_of(v)))
 
     for key, second in split_labels.items():
         identities[key]["names"]["train_split"] = second
         noise.append({"kind": "split_identity", "part": "train", "true_identity": key,
                       "labels": [label_of[key], second], "filed_identity": second,
                       "paths": [f"train/folder/{second}/{f.rank:04d}.jpg" for f in files[second]],
-                      "recipes": [_recipe(key, "ms1m", "train", i) for i in range(n_img // 2, n_img)]})
+                      "recipes": [_recipe(key, "ms1m", *parts_of[key, i]) for i in range(n_img // 2, n_img)]})
     for key in lfw_overlap + mf_overlap:
         noise.append({"kind": "eval_overlap", "part": "train", "true_identity": key, "filed_identity": label_of[key],
                       "eval_set": "lfw" if key in lfw_overlap else "megaface"})
@@ -330,10 +344,10 @@ def _build_train(plan: Plan, w: Writer, keys: list[str], split_idx: list[int], l
 
     for k in range(scaled(nz.mislabelled, p.scale)):
         a, b = (plain[int(i)] for i in rng.choice(len(plain), size=2, replace=False))
-        v = plan.view(a, "ms1m", "train-mislabelled", k)
-        add(label_of[b], v.jpeg(), _rect_of(v),
+        [(v, data, parts)] = views(a, [("train-mislabelled", k)])
+        add(label_of[b], data, _rect_of(v),
             {"kind": "mislabelled", "part": "train", "true_identity": a,
-             "true_label": label_of[a], "recipe": _recipe(a, "ms1m", "train-mislabelled", k)})
+             "true_label": label_of[a], "recipe": _recipe(a, "ms1m", *parts)})
 
     pics = non_face_images(plan.photos)
     for k in range(scaled(nz.non_faces, p.scale)):
@@ -371,7 +385,8 @@ def _build_train(plan: Plan, w: Writer, keys: list[str], split_idx: list[int], l
             item["tsv_lines"] = [_line_of(files, sorted(files), item["filed_identity"], r) for r in
                                  range(1, len(files[item["filed_identity"]]) + 1)]
     w.put("train/ms1m.tsv", "".join(lines))
-    return {"labels": len(files), "identities": len(keys), "images": n_files, "tsv_lines": len(lines)}
+    return {"labels": len(files), "identities": len(keys), "images": n_files, "tsv_lines": len(lines),
+            "views_redrawn": checks["redrawn"], "views_undetected": checks["undetected"]}
 
 
 def _line_of(files: dict[str, list], labels: list[str], label: str, rank: int) -> int:
