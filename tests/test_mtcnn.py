@@ -18,7 +18,7 @@ import pytest
 
 from arcpipe.fsutil import sha256_file
 
-from arcpipe.detect import MTCNN, Detections, choose_face, face_choice_scores, preset_for
+from arcpipe.detect import MTCNN, Detections, choose_face, face_choice_scores, keep_face, preset_for
 from arcpipe.detect import weights as W
 from arcpipe.photos import all_photos
 from arcpipe.errors import PipelineError
@@ -231,6 +231,10 @@ def test_choose_face_rule_by_hand():
     np.testing.assert_allclose(face_choice_scores(boxes, shape), [1600, -15000, 2600])
     assert choose_face(d, shape) == 2
     assert choose_face(Detections.empty(), shape) is None
+    # kept: the chosen face (not the best-scoring one) must reach the score
+    assert keep_face(d, shape, 0.97) == (2, True)
+    assert keep_face(d, shape, 0.975) == (2, False)
+    assert keep_face(Detections.empty(), shape, 0.5) == (None, False)
 
 
 @needs_weights

@@ -109,8 +109,8 @@ def test_summary_and_log(samples):
     assert s["lfw"]["images"] == len(list((samples["a"] / "lfw").rglob("*.jpg")))
     assert s["ijb"]["images"] == len(list((samples["a"] / "ijb/IJBS/loose_crop").glob("*.jpg")))
     assert "summary:" in samples["stderr"].splitlines()[-1]
-    # every training view is a face the MS1M detector finds; some needed a redraw
-    assert s["train"]["views_undetected"] == 0 and s["train"]["views_redrawn"] >= 0
+    # every training view is a face the MS1M detector finds (redraws: test_sample_detectable.py)
+    assert s["train"]["views_undetected"] == 0
     assert (samples["cwd"] / "logs" / "sample.log").is_file()
     leftovers = [p.name for p in samples["a"].parent.iterdir() if p.name.startswith(".a.")]
     assert leftovers == []

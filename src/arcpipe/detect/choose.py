@@ -23,3 +23,10 @@ def choose_face(dets, image_shape: Sequence[int]) -> int | None:
     if boxes is None or len(boxes) == 0:
         return None
     return int(np.argmax(face_choice_scores(boxes, image_shape)))
+
+
+def keep_face(dets, image_shape: Sequence[int], min_score: float) -> tuple[int | None, bool]:
+    """The detect stage's rule: (index of the chosen face or None, whether it is kept, i.e. its
+    score reaches min_score). The sample generator checks its training views by the same rule."""
+    keep = choose_face(dets, image_shape)
+    return keep, keep is not None and float(dets.scores[keep]) >= min_score

@@ -61,7 +61,7 @@ def init_worker(fmt: str, root: str, preset: dict, device: str, max_pixels: int,
 
 
 def detect_batch(work: tuple[int, list[Item]]) -> pd.DataFrame:
-    from . import choose_face, fallback_box
+    from . import fallback_box, keep_face
 
     start, items = work
     src, preset = _W["source"], _W["preset"]
@@ -98,8 +98,8 @@ def detect_batch(work: tuple[int, list[Item]]) -> pd.DataFrame:
         dets = _W["det"].detect([im for _, _, im in todo])
         for (row, item, img), det in zip(todo, dets):
             row["n_faces"] = len(det)
-            keep = choose_face(det, img.shape) if len(det) else None
-            if keep is not None and float(det.scores[keep]) >= _W["min_score"]:
+            keep, kept = keep_face(det, img.shape, _W["min_score"])
+            if kept:
                 row["status"], row["origin"] = "ok", "detected"
                 row["score"] = float(det.scores[keep])
                 row.update(zip(BOX_COLUMNS, np.asarray(det.boxes[keep], np.float64).tolist()))

@@ -42,15 +42,12 @@ def _detector():
 def found(jpegs: Sequence[bytes]) -> list[bool]:
     """For each JPEG: does the detect stage's rule (the MS1M preset, the chosen face's score)
     find a face in it, with MIN_SCORE to spare."""
-    from ..detect import choose_face
+    from ..detect import keep_face
 
     out: list[bool] = []
     for start in range(0, len(jpegs), BATCH):
         images = [decode_image(b).image for b in jpegs[start:start + BATCH]]
-        dets = _detector().detect(images)
-        for img, det in zip(images, dets):
-            keep = choose_face(det, img.shape) if len(det) else None
-            out.append(keep is not None and float(det.scores[keep]) >= MIN_SCORE)
+        out += [keep_face(det, img.shape, MIN_SCORE)[1] for img, det in zip(images, _detector().detect(images))]
     return out
 
 

@@ -56,6 +56,7 @@ def memory_layout(backbone: torch.nn.Module, device: torch.device) -> torch.memo
                 return torch.contiguous_format
     return torch.channels_last
 
+
 def build_model(p, num_classes: int, place: Place):
     from .backbones import build_backbone
     from .losses import build_head
