@@ -128,3 +128,59 @@ def test_apply_orientation_is_pil_compatible():
         im.getexif()[0x0112] = o
         ref = np.asarray(ImageOps.exif_transpose(im))
         assert np.array_equal(apply_orientation(img, o), ref), o
+
+
+def _cv2_jpeg(rgb, **params) -> bytes:
+    flags = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    for k, v in params.items():
+        flags += [getattr(cv2, k), v]
+    return cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), flags)[1].tobytes()
+
+
+def _pil_jpeg(img, mode="RGB", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).convert(mode).save(buf, "JPEG", quality=95, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["420", "422", "444", "440", "411", "gray", "restarts", "cmyk", "odd_height"])
+def test_top_rows_decode_matches_the_full_decode(photo, case, capfd):
+    """rows=N decodes a sequential JPEG only down to a little past row N; those rows are a full
+    decode's exactly, and libjpeg's note about the bytes it left is not printed."""
+    img = np.ascontiguousarray(np.vstack([photo, photo[::-1]])[:397])  # 397 x 200: not a multiple of 16
+    sampling = {"420": "IMWRITE_JPEG_SAMPLING_FACTOR_420", "422": "IMWRITE_JPEG_SAMPLING_FACTOR_422",
+                "444": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "440": "IMWRITE_JPEG_SAMPLING_FACTOR_440",
+                "411": "IMWRITE_JPEG_SAMPLING_FACTOR_411"}
+    if case in sampling:
+        data = _cv2_jpeg(img, IMWRITE_JPEG_SAMPLING_FACTOR=getattr(cv2, sampling[case]))
+    elif case == "gray":
+        data = _pil_jpeg(img, "L")
+    elif case == "restarts":
+        data = _cv2_jpeg(img, IMWRITE_JPEG_RST_INTERVAL=3)
+    elif case == "cmyk":
+        data = _pil_jpeg(img, "CMYK")
+    else:
+        data = _cv2_jpeg(img[:389])
+    full = decode_image(data)
+    assert full.ok
+    for rows in (1, 48, 50, 112, 200, 300):  # whole MCU rows too: the last one asked is exact
+        part = decode_image(data, rows=rows)
+        assert part.ok and (part.width, part.height) == (full.width, full.height)  # as stored
+        assert rows <= part.image.shape[0] < full.image.shape[0], (rows, part.image.shape)
+        assert np.array_equal(part.image[:rows], full.image[:rows]), rows
+        bgr = decode_image(data, bgr=True, rows=rows)
+        assert np.array_equal(bgr.image[:rows], full.image[:rows, :, ::-1])
+    assert decode_image(data, rows=full.image.shape[0]).image.shape == full.image.shape  # nothing to save
+    assert "Corrupt JPEG" not in capfd.readouterr().err
+
+
+def test_top_rows_decode_only_where_it_is_exact(photo):
+    """Progressive JPEGs, EXIF-rotated ones and PNGs decode whole under rows=N."""
+    img = np.ascontiguousarray(np.vstack([photo, photo]))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for data in (_pil_jpeg(img, progressive=True), _pil_jpeg(img, exif=exif.tobytes()),
+                 cv2.imencode(".png", img)[1].tobytes()):
+        full = decode_image(data)
+        part = decode_image(data, rows=20)
+        assert part.ok and np.array_equal(part.image, full.image)

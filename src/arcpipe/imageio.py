@@ -10,10 +10,17 @@ Order of checks, cheapest first:
    the OpenCV version); failure -> unreadable
 Gray, 16-bit, CMYK and alpha inputs decode to 3-channel 8-bit RGB (alpha dropped, as cv2.imread
 does in the reference scripts); `note` says which conversion happened.
+
+A caller that needs only the top rows (the align stage: a face crop reads a box of the photo)
+says so with `rows=`; a sequential JPEG is then decoded only a little past them, by lowering the
+height its frame header gives (libjpeg stops after that many rows), and those rows are exactly a
+full decode's.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +46,9 @@ class Header:
     orientation: int = 1  # EXIF orientation 1..8
     has_alpha: bool = False
     truncated: str = ""  # why the file looks truncated, '' if it does not
+    sof_offset: int = -1  # JPEG: byte offset of the frame header's height field
+    sof_marker: int = 0  # JPEG: which start-of-frame (0xC0 baseline, 0xC2 progressive, ...)
+    mcu_rows: int = 8  # JPEG: rows of one MCU (8 x the largest vertical sampling factor)
 
 
 @dataclass
@@ -104,6 +114,9 @@ def _jpeg_header(data: bytes) -> Header:
             h.bit_depth = seg[0]
             h.height, h.width = struct.unpack(">HH", seg[1:5])
             h.channels = seg[5]
+            h.sof_offset, h.sof_marker = i + 3, marker
+            vs = [seg[7 + 3 * k] & 15 for k in range(h.channels) if 7 + 3 * k < len(seg)]
+            h.mcu_rows = 8 * max(vs + [1])
         elif marker == 0xE1 and seg[:6] == b"Exif\x00\x00":
             h.orientation = _exif_orientation(seg[6:])
         elif marker == 0xDA:
@@ -203,12 +216,48 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _cv2_decode(data: bytes) -> Optional[np.ndarray]:
+def _cv2_decode(data: bytes, bgr: bool = False) -> Optional[np.ndarray]:
     buf = np.frombuffer(data, dtype=np.uint8)
+    if bgr:
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if _IMREAD_RGB is not None:
         return cv2.imdecode(buf, _IMREAD_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+_DEVNULL: list = []
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the duration: libjpeg prints its warnings there itself."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_WRONLY))
+    saved = os.dup(2)
+    os.dup2(_DEVNULL[0], 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _top_rows_decode(data: bytes, h: Header, rows: int, bgr: bool) -> Optional[np.ndarray]:
+    """Only the top of a sequential JPEG: the frame header says fewer rows, so libjpeg stops after
+    them (no Huffman decoding, IDCT or colour conversion of the rest). One MCU row more than asked
+    is decoded, so chroma upsampling at the new bottom edge cannot reach the rows asked for: they are
+    byte-identical to a full decode. None when it would not pay or does not apply."""
+    mcu = h.mcu_rows
+    cut = -(-max(rows, 1) // mcu) * mcu + mcu
+    if h.sof_marker not in (0xC0, 0xC1) or h.orientation != 1 or cut >= h.height or h.sof_offset < 0:
+        return None
+    patched = b"".join((data[:h.sof_offset], struct.pack(">H", cut), data[h.sof_offset + 2:]))
+    with _quiet_stderr():  # "N extraneous bytes before marker 0xd9": the rows left undecoded
+        img = _cv2_decode(patched, bgr)
+    if img is None or img.shape[0] != cut or img.shape[1] != h.width:
+        return None
+    return img
 
 
 def _pil_decode(data: bytes) -> Optional[np.ndarray]:
@@ -226,15 +275,22 @@ def _pil_decode(data: bytes) -> Optional[np.ndarray]:
         return None
 
 
-def decode_image(data: bytes, max_pixels: int = 50_000_000) -> Decoded:
-    """Decode `data` to RGB uint8 (HxWx3), or say why not. Never raises on bad bytes."""
+def decode_image(data: bytes, max_pixels: int = 50_000_000, *, bgr: bool = False,
+                 rows: Optional[int] = None) -> Decoded:
+    """Decode `data` to RGB uint8 (HxWx3), or say why not. Never raises on bad bytes.
+
+    bgr: channels in OpenCV's order instead (for code that encodes with OpenCV again).
+    rows: only the image's rows [0, rows) are wanted, by a caller that already knows the bytes
+    decode (the align stage: detect decoded the same content). A sequential JPEG stored upright
+    is then decoded down to a little more than those rows (the image has fewer rows than the
+    header's `height`), which are exactly a full decode's; other images decode whole."""
     try:
-        return _decode(data, max_pixels)
+        return _decode(data, max_pixels, bgr, rows)
     except Exception as e:  # a parser bug must cost one row, not the data set
         return Decoded(None, UNREADABLE, f"decoder error: {type(e).__name__}: {str(e)[:120]}")
 
 
-def _decode(data: bytes, max_pixels: int) -> Decoded:
+def _decode(data: bytes, max_pixels: int, bgr: bool = False, rows: Optional[int] = None) -> Decoded:
     if not data:
         return Decoded(None, UNREADABLE, "empty file (0 bytes)")
     h = read_header(data)
@@ -250,13 +306,17 @@ def _decode(data: bytes, max_pixels: int) -> Decoded:
         d.status, d.reason = UNREADABLE, h.truncated
         return d
     try:
-        img = _cv2_decode(data)
+        img = _top_rows_decode(data, h, rows, bgr) if rows is not None and h.format == "jpeg" else None
+        if img is None:
+            img = _cv2_decode(data, bgr)
     except cv2.error as e:  # OpenCV asserts (its own pixel limit, corrupt headers) instead of returning None
         msg = str(e).strip().splitlines()[-1][:120]
         d.status, d.reason = UNREADABLE, f"{h.format} decoder failed: {msg}"
         return d
     if img is None:
         img = _pil_decode(data)
+        if img is not None and bgr:
+            img = np.ascontiguousarray(img[:, :, ::-1])
     if img is None:
         d.status, d.reason = UNREADABLE, f"{h.format} decoder failed (corrupt data)"
         return d
