@@ -4,7 +4,10 @@ A process-pool worker is set up once (`init_worker`: the source, crop size, JPEG
 turns a batch of (manifest row, Item) into (row updates, JPEG of the aligned face or None). Rows
 with landmarks are warped onto the template (norm_crop's transform); fallback rows without
 landmarks are cropped from their box and resized, as the reference scripts do. The image bytes
-must be those detect saw (their content hash).
+must be those detect saw (their content hash). Only the image rows a crop reads are decoded
+(`decode_image(rows=)`: for a face in the middle of a photo, the bottom fifth or so is never
+decoded), and the pixels stay in OpenCV's channel order from decode to encode; the crops are the
+same bytes as from a whole decode.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..columns import BOX_COLUMNS, LANDMARK_COLUMNS, STATUS_WITH_CROP
-from ..imageio import decode_image, encode_jpeg
+from ..imageio import decode_image, encode_jpeg_bgr
 from ..sources import SourceError, content_hash, open_source
 from . import transform as A
 
@@ -30,12 +33,12 @@ def init_worker(fmt: str, root: str, size: int, quality: int, margin: float, max
               template=A.template(size).tolist())
 
 
-def _align_error(lm: np.ndarray, M: np.ndarray, template: list) -> float:
-    """Mean distance (pixels of the crop) from the warped landmarks to the template's points; in
-    plain floats, a fifth of the time of the same in numpy for five points."""
+def _align_error(lm: list, M: np.ndarray, template: list) -> float:
+    """Mean distance (pixels of the crop) from the warped landmarks (five (x, y)) to the
+    template's points; in plain floats, a fifth of the time of the same in numpy for five points."""
     (a, b, c), (d, e, f) = M.tolist()
     total = 0.0
-    for (x, y), (u, v) in zip(lm.tolist(), template):
+    for (x, y), (u, v) in zip(lm, template):
         total += math.hypot(a * x + b * y + c - u, d * x + e * y + f - v)
     return total / 5.0
 
@@ -57,22 +60,34 @@ def align_batch(work: list[tuple[dict, Any]]) -> list[tuple[dict, bytes | None]]
         if row["content"] and content_hash(data) != row["content"]:
             out.append(({"status": "align_failed", "reason": "image bytes changed since detection"}, None))
             continue
-        d = decode_image(data, _W["max_pixels"])
-        if not d.ok:
-            out.append(({"status": "align_failed", "reason": f"{d.status}: {d.reason}"}, None))
-            continue
-        lm = np.array([row[c] for c in LANDMARK_COLUMNS], dtype=np.float64).reshape(5, 2)
+        vals = [math.nan if row[c] is None else float(row[c]) for c in LANDMARK_COLUMNS]
+        lm = list(zip(vals[0::2], vals[1::2]))
         try:
-            if np.isfinite(lm).all():
+            if all(map(math.isfinite, vals)):
                 M = A.estimate_norm(lm, size)
-                face = A.warp(d.image, M, size)
-                upd["align_error"] = _align_error(lm, M, _W["template"]) * 112.0 / size  # in pixels of a 112 crop
+                rows = A.source_rows(M, size)
             else:
-                box = [row[c] for c in BOX_COLUMNS]
+                M = None
                 margin = _W["margin"] if row["origin"] == "given_box" else 0.0
-                face = A.crop_box(d.image, box, size, margin)
+                y2 = row[BOX_COLUMNS[3]]  # the crop reads the box's rows, grown by margin / 2
+                rows = (math.ceil(y2 + margin / 2) + 1 if isinstance(y2, (int, float)) and math.isfinite(y2)
+                        else None)
         except ValueError as e:
             out.append(({"status": "align_failed", "reason": str(e)}, None))
             continue
-        out.append((upd, encode_jpeg(face, _W["quality"])))
+        # OpenCV's channel order from decode to encode; only the rows the crop reads are decoded
+        d = decode_image(data, _W["max_pixels"], bgr=True, rows=rows)
+        if not d.ok:
+            out.append(({"status": "align_failed", "reason": f"{d.status}: {d.reason}"}, None))
+            continue
+        try:
+            if M is not None:
+                face = A.warp(d.image, M, size)
+                upd["align_error"] = _align_error(lm, M, _W["template"]) * 112.0 / size  # in pixels of a 112 crop
+            else:
+                face = A.crop_box(d.image, [row[c] for c in BOX_COLUMNS], size, margin)
+        except ValueError as e:
+            out.append(({"status": "align_failed", "reason": str(e)}, None))
+            continue
+        out.append((upd, encode_jpeg_bgr(face, _W["quality"])))
     return out

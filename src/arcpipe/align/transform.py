@@ -12,6 +12,8 @@ cv2.warpAffine, bilinear, constant border 0, as the reference pipeline uses.
 """
 from __future__ import annotations
 
+import math
+
 from functools import lru_cache
 
 import cv2
@@ -74,10 +76,10 @@ def similarity_lstsq(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def estimate_norm(lmk: np.ndarray, image_size: int = 112) -> np.ndarray:
     """2x3 matrix taking five landmarks (5,2) onto the ArcFace template for `image_size`."""
     us, vs, mu, mv = _template(check_size(image_size))
-    pts = np.asarray(lmk)
-    if pts.shape != (5, 2):
-        raise ValueError(f"expected five landmarks of shape (5, 2), got {pts.shape}")
-    (x0, y0), (x1, y1), (x2, y2), (x3, y3), (x4, y4) = pts.tolist()
+    pts = lmk.tolist() if isinstance(lmk, np.ndarray) else lmk
+    if len(pts) != 5 or any(len(p) != 2 for p in pts):
+        raise ValueError(f"expected five landmarks of shape (5, 2), got {np.shape(lmk)}")
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3), (x4, y4) = pts
     xs = (x0, x1, x2, x3, x4)
     ys = (y0, y1, y2, y3, y4)
     mx = (x0 + x1 + x2 + x3 + x4) / 5.0
@@ -164,20 +166,30 @@ def _source_region(M, a: float, b: float, size: int, h: int, w: int):
     if not det > 0:
         return None
     tx, ty = float(M[0, 2]), float(M[1, 2])
-    # inverse of [[a, -b], [b, a]] is [[a, b], [-b, a]] / det
-    xs = []
-    ys = []
-    for u, v in ((0.0, 0.0), (size, 0.0), (0.0, size), (size, size)):
-        du, dv = u - tx, v - ty
-        xs.append((a * du + b * dv) / det)
-        ys.append((-b * du + a * dv) / det)
-    x0 = max(int(np.floor(min(xs))) - 2, 0)
-    y0 = max(int(np.floor(min(ys))) - 2, 0)
-    x1 = min(int(np.ceil(max(xs))) + 3, w)
-    y1 = min(int(np.ceil(max(ys))) + 3, h)
+    # the inverse of [[a, -b], [b, a]] is [[a, b], [-b, a]] / det; over the output's corners
+    # (u, v) in {0, size}^2 each source coordinate is a sum of a u term and a v term, so its
+    # extremes are the sums of the terms' extremes
+    ax, bx = a * size / det, b * size / det
+    cx = -(a * tx + b * ty) / det
+    cy = (b * tx - a * ty) / det
+    x0 = max(math.floor(cx + min(ax, 0.0) + min(bx, 0.0)) - 2, 0)
+    x1 = min(math.ceil(cx + max(ax, 0.0) + max(bx, 0.0)) + 3, w)
+    y0 = max(math.floor(cy + min(-bx, 0.0) + min(ax, 0.0)) - 2, 0)
+    y1 = min(math.ceil(cy + max(-bx, 0.0) + max(ax, 0.0)) + 3, h)
     if x0 >= x1 or y0 >= y1:
         return None
     return x0, y0, x1, y1
+
+
+def source_rows(M: np.ndarray, image_size: int = 112) -> int | None:
+    """How many of the source image's top rows a warp by the similarity M reads: the rows
+    [0, n) hold every pixel `warp` samples (None when M is no similarity or is singular)."""
+    a, b = float(M[0, 0]), float(M[1, 0])
+    if not (M[0, 1] == -b and M[1, 1] == a) or not np.isfinite(M).all():
+        return None
+    big = 1 << 30
+    roi = _source_region(M, a, b, image_size, big, big)
+    return None if roi is None else roi[3]
 
 
 def norm_crop(img: np.ndarray, landmarks5: np.ndarray, image_size: int = 112) -> np.ndarray:
