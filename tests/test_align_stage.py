@@ -3,6 +3,8 @@ counts reconciled, contact sheet written, shard parts reused."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import cv2
 import numpy as np
@@ -100,3 +102,48 @@ def test_changed_image_is_caught(tmp_path, monkeypatch):
     m = pd.read_parquet(tmp_path / "align" / "d" / "manifest.parquet")
     assert m["status"].tolist() == ["align_failed"] and "changed" in m["reason"][0]
     assert m["key"].tolist() == [-1]
+
+
+def test_one_part_becomes_the_set_without_a_copy(tmp_path, monkeypatch):
+    """With one part its records are written under their final labels and the merge links them
+    as the set (same bytes as the copy a merge of many parts makes); when an image fails at
+    align and takes its identity's only crop, the labels move and the merge patches a copy."""
+    _weights_or_skip()
+    monkeypatch.chdir(tmp_path)
+    face = portrait()
+    for ident in ("ada", "bob", "cyd"):
+        (tmp_path / "raw" / ident).mkdir(parents=True)
+        for k in range(2 if ident != "bob" else 1):
+            img = np.ascontiguousarray(face[:, ::-1] if k else face)
+            (tmp_path / "raw" / ident / f"{k}.jpg").write_bytes(encode_jpeg(img, 90))
+    ds = {"d": {"source": str(tmp_path / "raw"), "format": "folder", "preset": "deploy"}}
+    params = write_params(tmp_path, ds)
+    assert detect(params) == 0
+    assert align(params) == 0
+    out = tmp_path / "align" / "d"
+    part = out / "parts" / "part-00000-of-00001.rec"
+    assert os.path.samefile(out / "faces.rec", part) and os.path.samefile(out / "faces.idx", part.with_suffix(".idx"))
+    s = AlignedSet(out)
+    assert sorted(s.faces["label"]) == [0, 0, 1, 2, 2]
+    for _, row in s.faces.iterrows():
+        assert int(s.read_record(int(row["key"]))[0].label) == row["label"]
+    s.close()
+    linked = (out / "faces.rec").read_bytes()
+    # the same set through two parts (the copying merge) is the same bytes
+    (tmp_path / "two").mkdir()
+    params2 = write_params(tmp_path / "two", ds, shards=2)
+    shutil.copytree(tmp_path / "detect", tmp_path / "two" / "detect")
+    monkeypatch.chdir(tmp_path / "two")
+    assert align(params2) == 0
+    assert (tmp_path / "two" / "align" / "d" / "faces.rec").read_bytes() == linked
+    monkeypatch.chdir(tmp_path)
+    # bob's only image changes after detection: cyd's label moves from 2 to 1
+    (tmp_path / "raw" / "bob" / "0.jpg").write_bytes(encode_jpeg(np.ascontiguousarray(face[::-1]), 90))
+    shutil.rmtree(out)
+    assert align(params) == 0
+    assert not os.path.samefile(out / "faces.rec", part)
+    s = AlignedSet(out)
+    assert sorted(s.faces["label"]) == [0, 0, 1, 1]
+    for _, row in s.faces.iterrows():
+        assert int(s.read_record(int(row["key"]))[0].label) == row["label"]
+    s.close()

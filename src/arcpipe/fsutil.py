@@ -70,6 +70,17 @@ def remove_path(path: str | os.PathLike) -> None:
         path.unlink()
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """dst becomes a file with src's bytes, atomically: a hard link where the file system allows
+    one (no second copy on disk; nothing here rewrites a finished file in place, every writer
+    replaces it whole), else a copy."""
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -12,11 +12,11 @@ from .format import (IR_SIZE, MAGIC, MAGIC_BYTES, IRHeader, PackLayout, RecordIO
                      class_label, default_idx_path, frame, image_label, label_of, pack, pack_img, read_frame_at,
                      read_idx, read_layout, read_property, unpack, unpack_img, write_property)
 from .reader import RecordReader
-from .writer import RecordWriter
+from .writer import RecordWriter, scalar_labels
 
 __all__ = [
     "MAGIC", "MAGIC_BYTES", "IR_SIZE", "IRHeader", "RecordIOError", "RecordKeyError", "pack", "unpack", "label_of",
     "frame", "RecordWriter", "RecordReader", "pack_img", "unpack_img", "read_idx", "read_frame_at",
     "default_idx_path", "PackLayout", "read_layout", "read_property", "write_property", "image_label",
-    "class_label",
+    "class_label", "scalar_labels",
 ]

@@ -18,11 +18,43 @@ _CHUNK_BYTES = 4 << 20  # write_images frames this much at a time
 
 def _has_aligned_magic(record: bytes, n: int) -> bool:
     """Does the magic number sit at a 4-aligned offset of the record (where dmlc splits)?"""
-    if n < 4:
+    i = record.find(MAGIC_BYTES, 0, n)  # a C search; most records hold the bytes nowhere
+    while i >= 0:
+        if not i & 3:
+            return True
+        i = record.find(MAGIC_BYTES, i + 1, n)
+    return False
+
+
+def _plain_frames(whole: np.ndarray, offs: np.ndarray, size: int) -> bool:
+    """Are the records at `offs` (ascending, the first at 0) of a file's bytes `whole` each one
+    whole frame with a scalar-label IRHeader (flag 0), so its label sits at offset + 12?"""
+    n = len(offs)
+    if not (n and offs[0] == 0 and (np.diff(offs) > 0).all() and offs[-1] + 8 + IR_SIZE <= size):
         return False
-    if n < 256:
-        return any(record[i:i + 4] == MAGIC_BYTES for i in range(0, n - 3, 4))
-    return bool((np.frombuffer(record, "<u4", n >> 2) == MAGIC).any())
+    pos = offs[:, None] + np.arange(12)[None, :]
+    head = whole[pos].reshape(n, 3, 4).view("<u4").reshape(n, 3)
+    lens = head[:, 1] & ((1 << 29) - 1)
+    return bool((head[:, 0] == MAGIC).all() and ((head[:, 1] >> 29) <= 1).all()
+                and (lens >= IR_SIZE).all() and (head[:, 2] == 0).all())
+
+
+def scalar_labels(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> Optional[np.ndarray]:
+    """The scalar labels (float32, idx order) of a .rec that RecordWriter wrote, read from the
+    headers alone; None unless every record is a plain scalar-label frame."""
+    rec_path = Path(rec_path)
+    keys, offs = read_idx(Path(idx_path) if idx_path is not None else default_idx_path(rec_path))
+    size = rec_path.stat().st_size
+    if not len(keys) or not size:
+        return np.zeros(0, np.float32) if not len(keys) else None
+    with open(rec_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        whole = np.frombuffer(mm, np.uint8)
+        try:
+            if not _plain_frames(whole, offs, size):
+                return None
+            return whole[offs[:, None] + np.arange(12, 16)[None, :]].copy().view("<f4").reshape(-1)
+        finally:
+            del whole
 
 
 def _writev_all(fd: int, pieces: list) -> None:
@@ -411,13 +443,7 @@ class RecordWriter:
         whole = None
         try:
             whole = np.frombuffer(mm, np.uint8)
-            plain = bool(offs[0] == 0 and (np.diff(offs) > 0).all() and offs[-1] + 8 <= size)
-            if plain:
-                pos = offs[:, None] + np.arange(12)[None, :]
-                head = whole[pos].reshape(n, 3, 4).view("<u4").reshape(n, 3)
-                lens = head[:, 1] & ((1 << 29) - 1)
-                plain = bool((head[:, 0] == MAGIC).all() and ((head[:, 1] >> 29) <= 1).all()
-                             and (lens >= IR_SIZE).all() and (head[:, 2] == 0).all())
+            plain = _plain_frames(whole, offs, size)
             if not plain:  # the general path, record by record
                 for j, (k, off) in enumerate(zip(keys.tolist(), offs.tolist())):
                     record, _ = read_frame_at(mm, off, rec_path)
@@ -436,7 +462,7 @@ class RecordWriter:
                     lo, hi = np.searchsorted(offs + 12, [a, b])
                     if lo < hi:  # label fields are 4-aligned, and so are the chunk bounds
                         np.frombuffer(buf, "<f4")[(offs[lo:hi] + 12 - a) // 4] = lab[lo:hi]
-                self._rec.write(bytes(buf))
+                self._rec.write(buf)  # a fresh bytearray each chunk: no copy of it needed
         finally:
             del whole
             if not isinstance(mm, bytes):

@@ -24,11 +24,11 @@ import pandas as pd
 from ..align.aligned_set import CONTACT_SHEET, IDX, MANIFEST, REC, SUMMARY, identity_labels
 from ..align.contact_sheet import aligned_set_sheet
 from ..align.crops import align_batch, init_worker
-from ..columns import BOX_COLUMNS, LANDMARK_COLUMNS
+from ..columns import BOX_COLUMNS, LANDMARK_COLUMNS, STATUS_WITH_CROP
 from ..errors import PipelineError
-from ..fsutil import digest_of, sha256_file, write_bytes_atomic
+from ..fsutil import digest_of, link_or_copy, sha256_file, write_bytes_atomic
 from ..imageio import decode_image, decode_rgb
-from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_idx, unpack
+from ..recordio import IRHeader, RecordReader, RecordWriter, pack, read_idx, scalar_labels, unpack
 from ..shards import (bounds, invalidate, map_batches, part_is_complete, part_path, ranges, read_rows,
                       reconcile, row_count, write_parquet_atomic, write_part)
 from ..sources import SourceError, open_source, row_item
@@ -60,10 +60,19 @@ def _work(rows: pd.DataFrame) -> Iterator[list[tuple[dict, Any]]]:
         yield [(r, row_item(r["source"], r["identity"], r["loc"])) for r in recs]
 
 
-def align_part(ctx, name: str, cfg, det_path: Path, lo: int, hi: int, path: Path, digest: str) -> tuple[int, int]:
-    """Rows [lo, hi) of the detect manifest -> part parquet + rec/idx; returns (rows, faces)."""
+def align_part(ctx, name: str, cfg, det_path: Path, lo: int, hi: int, path: Path, digest: str,
+               whole: bool = False) -> tuple[int, int]:
+    """Rows [lo, hi) of the detect manifest -> part parquet + rec/idx; returns (rows, faces).
+
+    whole: the part holds every row, so the labels the merge will give are known already (unless
+    an image fails here and takes an identity's last crop with it): the records carry them, and
+    the merge can take the part's files as they are."""
     p = ctx.params.align
     part = read_rows(det_path, lo, hi).reset_index(drop=True)
+    label = np.zeros(len(part))
+    if whole:
+        guess = identity_labels(part.loc[part["status"].isin(STATUS_WITH_CROP), "identity"])
+        label = part["identity"].map(guess).fillna(0).to_numpy(np.float64)
     status = part["status"].to_numpy(dtype=object).copy()
     reason = part["reason"].to_numpy(dtype=object).copy()
     align_error = np.full(len(part), np.nan)
@@ -83,7 +92,7 @@ def align_part(ctx, name: str, cfg, det_path: Path, lo: int, hi: int, path: Path
                 align_error[k] = upd.get("align_error", np.nan)
                 if jpeg is not None:
                     key[k] = lo + k
-                    w.write(lo + k, pack(IRHeader(0, 0.0, lo + k, 0), jpeg))  # labels are set at the merge
+                    w.write(lo + k, pack(IRHeader(0, label[k], lo + k, 0), jpeg))  # the merge sets the final ones
                 k += 1
     part["status"], part["reason"] = status, reason
     part["align_error"] = align_error
@@ -116,7 +125,7 @@ def align_dataset(ctx, name) -> dict[str, Any]:
         invalidate(out_dir, (MANIFEST, SUMMARY, REC, IDX, CONTACT_SHEET))
         lo, hi = bounds(n, i, count)
         with ctx.working_on(f"data set {name}, part {i}/{count}"):
-            rows, faces = align_part(ctx, name, cfg, det_path, lo, hi, path, digest)
+            rows, faces = align_part(ctx, name, cfg, det_path, lo, hi, path, digest, whole=count == 1)
         ctx.log.info("%s: part %d/%d written: %d rows, %d faces", name, i, count, rows, faces)
     if ctx.shard is not None:
         df = pd.read_parquet(part_path(parts_dir, ctx.shard[0], count))
@@ -141,11 +150,16 @@ def merge(ctx, name: str, cfg, n: int, out_dir: Path, parts_dir: Path, count: in
     label_of_key = np.full(n, -1, dtype=np.int64)
     crops = df["key"].to_numpy() >= 0
     label_of_key[df["key"].to_numpy()[crops]] = df["label"].to_numpy()[crops]
-    with RecordWriter(out_dir / REC, out_dir / IDX) as w:  # the parts' bytes, final labels patched in
-        for i in range(count):
-            pr = part_path(parts_dir, i, count).with_suffix(".rec")
-            keys, _ = read_idx(pr.with_suffix(".idx"))
-            w.append_pack(pr, labels=label_of_key[keys].astype(np.float64))
+    first = part_path(parts_dir, 0, count).with_suffix(".rec")
+    if count == 1 and _labels_are(first, label_of_key):  # one part with the final labels: it is the set
+        link_or_copy(first, out_dir / REC)
+        link_or_copy(first.with_suffix(".idx"), out_dir / IDX)
+    else:
+        with RecordWriter(out_dir / REC, out_dir / IDX) as w:  # the parts' bytes, final labels patched in
+            for i in range(count):
+                pr = part_path(parts_dir, i, count).with_suffix(".rec")
+                keys, _ = read_idx(pr.with_suffix(".idx"))
+                w.append_pack(pr, labels=label_of_key[keys].astype(np.float64))
     write_bytes_atomic(out_dir / CONTACT_SHEET, _contact_sheet(df, out_dir, cfg, ctx))
     counts = {"dataset": name, "image_size": p.image_size, "parts": count, "classes": len(labels),
               **reconcile(df)}
@@ -155,6 +169,13 @@ def merge(ctx, name: str, cfg, n: int, out_dir: Path, parts_dir: Path, count: in
     ctx.log.info("%s: %d in = %d aligned + %d rejected %s", name, counts["in"], counts["out"],
                  counts["rejected_total"], counts["rejected"])
     return {**counts, "parts_reused": reused}
+
+
+def _labels_are(rec: Path, label_of_key: np.ndarray) -> bool:
+    """Do the records of `rec` carry label_of_key[key] already?"""
+    keys, _ = read_idx(rec.with_suffix(".idx"))
+    have = scalar_labels(rec)
+    return have is not None and bool((have == label_of_key[keys].astype(np.float32)).all())
 
 
 def _contact_sheet(df: pd.DataFrame, out_dir: Path, cfg, ctx) -> bytes:
