@@ -5,13 +5,14 @@ also the loop with our estimate and warp in the reference's place (decode + warp
 of the stage's checks, manifest or RecordIO): the floor of any aligner that warps.
 
 Images: the sample's LFW-style photos (250x250 JPEGs; run `dvc repro` or `python scripts/sample.py`
-first), copied to --n files in identity folders, with landmarks from our detect stage. Every side
+first), copied to --n files in identity folders (default 22,656: one shard of MS1M's 5.8M images in
+256, what one align job meets at data-set scale), with landmarks from our detect stage. Every side
 runs in its own process on one core (OpenCV threads 1); the stage also with 2 workers (per core:
 crops/s / 2). Every time is a whole process as the user waits for it: for the loops, the script
 with its imports; for the stage, `scripts/align.py` with its start-up, manifest, the RecordIO it
 writes, the contact sheet and the merge.
 
-    python benchmarks/bench_align_stage.py [--n 6000] [--repeat 3] [--work /tmp/bench-align]
+    python benchmarks/bench_align_stage.py [--n 22656] [--repeat 3] [--work /tmp/bench-align]
 """
 from __future__ import annotations
 
@@ -57,34 +58,59 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "crops": len(paths), "byt
 
 
 def setup(work: Path, n: int) -> Path:
-    """A folder of n LFW-style photos and our detect manifest of it; returns the params file."""
+    """A folder of n LFW-style photos and its detect manifest; returns the params file.
+
+    The photos are copies of the sample's few hundred: our detect stage runs once on those, and
+    each copy's row is its original's (same bytes, same detection: MTCNN is deterministic), so
+    setting up a shard-sized set takes seconds, not the hours of detecting every copy."""
+    import json
+
+    import pandas as pd
     import yaml
 
     src = REPO / "data" / "sample" / "lfw"
     photos = sorted(src.glob("*/*.jpg"))
     if not photos:
         raise SystemExit(f"{src}: no sample photos; run `python scripts/sample.py` first")
-    root = work / "images"
-    if not root.is_dir():
-        for k in range(n):
-            p = photos[k % len(photos)]
-            d = root / f"id{k % 500:04d}"
-            d.mkdir(parents=True, exist_ok=True)
-            shutil.copy(p, d / f"{k:06d}.jpg")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["detect"].update(out_dir=str(work / "detect"), shards=1, workers=2,
-                            datasets={"bench": {"source": str(root), "format": "folder", "preset": "lfw"}})
+    params["detect"].update(out_dir=str(work / "detect"), shards=1, workers=2, datasets={
+        "unique": {"source": str(work / "unique"), "format": "folder", "preset": "lfw"},
+        "bench": {"source": str(work / f"images{n}"), "format": "folder", "preset": "lfw"}})
     params["align"].update(out_dir=str(work / "align"), shards=1)
     params["pack"]["dataset"] = "bench"
     params["evalpack"]["sets"] = {}
-    pfile = work / "params.yaml"
+    pfile = work / f"params{n}.yaml"
     pfile.write_text(yaml.safe_dump(params, sort_keys=False))
-    if not (work / "detect" / "bench" / "manifest.parquet").is_file():
-        print(f"detecting faces in {n} images (once) ...", flush=True)
-        subprocess.run([PY, "scripts/detect.py", "--params", str(pfile), "--dataset", "bench"], cwd=REPO,
+    uniq = work / "detect" / "unique" / "manifest.parquet"
+    if not uniq.is_file():
+        shutil.rmtree(work / "unique", ignore_errors=True)
+        (work / "unique" / "u").mkdir(parents=True)
+        for j, p in enumerate(photos):
+            shutil.copy(p, work / "unique" / "u" / f"{j:06d}.jpg")
+        print(f"detecting faces in the {len(photos)} sample photos (once) ...", flush=True)
+        subprocess.run([PY, "scripts/detect.py", "--params", str(pfile), "--dataset", "unique"], cwd=REPO,
                        check=True, capture_output=True)
+    det = work / "detect" / "bench" / "manifest.parquet"
+    root = work / f"images{n}"
+    if not (root.is_dir() and det.is_file() and len(pd.read_parquet(det, columns=["row"])) == n):
+        shutil.rmtree(root, ignore_errors=True)
+        base = pd.read_parquet(uniq).sort_values("source").reset_index(drop=True)
+        srcs = []
+        for k in range(n):
+            ident = f"id{k % 500:04d}"
+            (root / ident).mkdir(parents=True, exist_ok=True)
+            shutil.copy(work / "unique" / base["source"][k % len(base)], root / ident / f"{k:06d}.jpg")
+            srcs.append(f"{ident}/{k:06d}.jpg")
+        rows = base.iloc[[k % len(base) for k in range(n)]].reset_index(drop=True)
+        rows["source"] = srcs
+        rows["identity"] = [s.split("/")[0] for s in srcs]
+        rows["loc"] = [json.dumps([s]) for s in srcs]
+        rows = rows.sort_values("source", kind="stable").reset_index(drop=True)  # the listing's order
+        rows["row"] = range(n)
+        det.parent.mkdir(parents=True, exist_ok=True)
+        rows.to_parquet(det, index=False)
+        (det.parent / "summary.json").unlink(missing_ok=True)  # align then keys its parts on the manifest
     return pfile
-
 
 def run_loop(mode: str, work: Path, quality: int) -> float:
     """Crops per second of a single-process loop script, start-up included (the caller keeps
@@ -98,7 +124,7 @@ def run_loop(mode: str, work: Path, quality: int) -> float:
     ok.to_parquet(sub)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    r = subprocess.run([PY, "-c", LOOP, mode, str(sub), str(work / "images"), str(quality)],
+    r = subprocess.run([PY, "-c", LOOP, mode, str(sub), str(work / f"images{len(man)}"), str(quality)],
                        capture_output=True, text=True, env=env, check=True)
     wall = time.perf_counter() - t0  # the whole script, as the user waits for it (imports included)
     res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -119,7 +145,7 @@ def run_stage(work: Path, pfile: Path, workers: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=6000)
+    ap.add_argument("--n", type=int, default=22656)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-align")
     a = ap.parse_args()
