@@ -112,6 +112,7 @@ def setup(work: Path, n: int) -> Path:
         (det.parent / "summary.json").unlink(missing_ok=True)  # align then keys its parts on the manifest
     return pfile
 
+
 def run_loop(mode: str, work: Path, quality: int) -> float:
     """Crops per second of a single-process loop script, start-up included (the caller keeps
     the best of the repeats)."""

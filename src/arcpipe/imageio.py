@@ -250,7 +250,7 @@ def _top_rows_decode(data: bytes, h: Header, rows: int, bgr: bool) -> Optional[n
     byte-identical to a full decode. None when it would not pay or does not apply."""
     mcu = h.mcu_rows
     cut = -(-max(rows, 1) // mcu) * mcu + mcu
-    if h.sof_marker not in (0xC0, 0xC1) or h.orientation != 1 or cut >= h.height or h.sof_offset < 0:
+    if h.sof_marker not in (0xC0, 0xC1) or h.orientation != 1 or cut >= h.height:  # set with sof_offset
         return None
     patched = b"".join((data[:h.sof_offset], struct.pack(">H", cut), data[h.sof_offset + 2:]))
     with _quiet_stderr():  # "N extraneous bytes before marker 0xd9": the rows left undecoded

@@ -69,9 +69,8 @@ def align_batch(work: list[tuple[dict, Any]]) -> list[tuple[dict, bytes | None]]
             else:
                 M = None
                 margin = _W["margin"] if row["origin"] == "given_box" else 0.0
-                y2 = row[BOX_COLUMNS[3]]  # the crop reads the box's rows, grown by margin / 2
-                rows = (math.ceil(y2 + margin / 2) + 1 if isinstance(y2, (int, float)) and math.isfinite(y2)
-                        else None)
+                box = [row[c] for c in BOX_COLUMNS]
+                rows = A.box_rows(box, margin)
         except ValueError as e:
             out.append(({"status": "align_failed", "reason": str(e)}, None))
             continue
@@ -85,7 +84,7 @@ def align_batch(work: list[tuple[dict, Any]]) -> list[tuple[dict, bytes | None]]
                 face = A.warp(d.image, M, size)
                 upd["align_error"] = _align_error(lm, M, _W["template"]) * 112.0 / size  # in pixels of a 112 crop
             else:
-                face = A.crop_box(d.image, [row[c] for c in BOX_COLUMNS], size, margin)
+                face = A.crop_box(d.image, box, size, margin)
         except ValueError as e:
             out.append(({"status": "align_failed", "reason": str(e)}, None))
             continue

@@ -13,7 +13,6 @@ cv2.warpAffine, bilinear, constant border 0, as the reference pipeline uses.
 from __future__ import annotations
 
 import math
-
 from functools import lru_cache
 
 import cv2
@@ -211,14 +210,26 @@ def landmarks68_to_5(pts68: np.ndarray) -> np.ndarray:
     return np.stack([(p[36] + p[39]) / 2, (p[42] + p[45]) / 2, p[30], p[48], p[54]])
 
 
+def box_rows(box, margin: float = 0.0) -> int | None:
+    """How many of the image's top rows crop_box(img, box, margin=margin) reads: the rows [0, n)
+    (None when the box's bottom is not a finite number)."""
+    y2 = box[3]
+    if not isinstance(y2, (int, float)) or not math.isfinite(y2 + margin / 2):
+        return None
+    return math.ceil(y2 + margin / 2)
+
+
 def crop_box(img: np.ndarray, box, image_size: int = 112, margin: float = 0.0) -> np.ndarray:
     """A box (x1, y1, x2, y2), grown by margin/2 per side and clipped to the image, resized to
     image_size x image_size (bilinear): the reference scripts' crop when there are no landmarks."""
     h, w = img.shape[:2]
+    bottom = box_rows(box, margin)
+    if bottom is None:
+        raise ValueError(f"box {tuple(box[:4])} has no finite bottom edge")
     x1 = int(max(np.floor(box[0] - margin / 2), 0))
     y1 = int(max(np.floor(box[1] - margin / 2), 0))
     x2 = int(min(np.ceil(box[2] + margin / 2), w))
-    y2 = int(min(np.ceil(box[3] + margin / 2), h))
+    y2 = min(bottom, h)
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"box {tuple(float(v) for v in box[:4])} lies outside the {w}x{h} image")
     return cv2.resize(img[y1:y2, x1:x2], (image_size, image_size), interpolation=cv2.INTER_LINEAR)

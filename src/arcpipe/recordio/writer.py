@@ -39,20 +39,23 @@ def _plain_frames(whole: np.ndarray, offs: np.ndarray, size: int) -> bool:
                 and (lens >= IR_SIZE).all() and (head[:, 2] == 0).all())
 
 
-def scalar_labels(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> Optional[np.ndarray]:
-    """The scalar labels (float32, idx order) of a .rec that RecordWriter wrote, read from the
-    headers alone; None unless every record is a plain scalar-label frame."""
+def scalar_labels(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None
+                  ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(keys, scalar labels as float32), both in idx order, of a .rec that RecordWriter wrote, the
+    labels read from the headers alone; None unless every record is a plain scalar-label frame."""
     rec_path = Path(rec_path)
     keys, offs = read_idx(Path(idx_path) if idx_path is not None else default_idx_path(rec_path))
+    if not len(keys):
+        return keys, np.zeros(0, np.float32)
     size = rec_path.stat().st_size
-    if not len(keys) or not size:
-        return np.zeros(0, np.float32) if not len(keys) else None
+    if not size:
+        return None
     with open(rec_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         whole = np.frombuffer(mm, np.uint8)
         try:
             if not _plain_frames(whole, offs, size):
                 return None
-            return whole[offs[:, None] + np.arange(12, 16)[None, :]].copy().view("<f4").reshape(-1)
+            return keys, whole[offs[:, None] + np.arange(12, 16)[None, :]].copy().view("<f4").reshape(-1)
         finally:
             del whole
 

@@ -173,9 +173,8 @@ def merge(ctx, name: str, cfg, n: int, out_dir: Path, parts_dir: Path, count: in
 
 def _labels_are(rec: Path, label_of_key: np.ndarray) -> bool:
     """Do the records of `rec` carry label_of_key[key] already?"""
-    keys, _ = read_idx(rec.with_suffix(".idx"))
     have = scalar_labels(rec)
-    return have is not None and bool((have == label_of_key[keys].astype(np.float32)).all())
+    return have is not None and bool((have[1] == label_of_key[have[0]].astype(np.float32)).all())
 
 
 def _contact_sheet(df: pd.DataFrame, out_dir: Path, cfg, ctx) -> bytes:
